@@ -1,0 +1,62 @@
+"""Shared fixtures: a tiny LaNMT bundle (with its teacher) trained once per test session."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.tiny import make_task
+
+ROOT = Path(__file__).resolve().parent.parent
+# The cached bundle is rebuilt whenever the code that defines or trains it changes.
+_SOURCES = [
+    "tests/tiny.py", "lanmt_cli/model.py", "lanmt_cli/teacher.py", "lanmt_cli/layers.py",
+    "lanmt_cli/config.py", "lanmt_cli/bundle.py", "lanmt_cli/tokenizer.py",
+]  # fmt: skip
+
+
+def _code_key() -> str:
+    h = hashlib.sha256()
+    for name in _SOURCES:
+        h.update((ROOT / name).read_bytes())
+    return h.hexdigest()[:16]
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory):
+    """Tokenizer, teacher and LaNMT trained on the synthetic task (see tests/tiny.py)."""
+    from tests.tiny import train_tiny_models
+
+    return train_tiny_models(tmp_path_factory.mktemp("tiny-train"))
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(request, tmp_path_factory) -> Path:
+    """A LaNMT bundle directory with its teacher in `teacher/`. Read-only: copy to modify."""
+    cache = Path(request.config.cache.mkdir("tiny-bundle")) / _code_key()
+    if not (cache / "config.json").is_file():
+        from lanmt_cli.bundle import save_bundle
+
+        models = request.getfixturevalue("tiny_models")
+        work = tmp_path_factory.mktemp("tiny-bundle")
+        langs = {"src": "en", "tgt": "de"}
+        teacher = save_bundle(work / "teacher", models.teacher, models.tokenizer, languages=langs)
+        save_bundle(cache, models.lanmt, models.tokenizer, teacher=teacher, languages=langs)
+        shutil.rmtree(work)
+    return cache
+
+
+@pytest.fixture(scope="session")
+def tiny_task() -> list[tuple[str, str]]:
+    """Held-out (source, reference) pairs of the synthetic task."""
+    return make_task(50, seed=12345)
+
+
+@pytest.fixture
+def tiny_bundle_copy(tiny_bundle, tmp_path) -> Path:
+    dest = tmp_path / "model"
+    shutil.copytree(tiny_bundle, dest)
+    return dest
