@@ -27,7 +27,11 @@ def make_task(n: int, seed: int, min_words: int = 2, max_words: int = 7) -> list
     words = sorted(DICTIONARY)
     pairs = []
     for _ in range(n):
-        src = [rng.choice(words) for _ in range(rng.randint(min_words, max_words))]
+        src: list[str] = []
+        n_words = rng.randint(min_words, max_words)
+        while len(src) < n_words:
+            # no word twice in a row: NAT post-processing collapses repeated tokens
+            src.append(rng.choice([w for w in words if not src or w != src[-1]]))
         pairs.append((" ".join(src), " ".join(DICTIONARY[w] for w in reversed(src))))
     return pairs
 
