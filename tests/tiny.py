@@ -98,14 +98,14 @@ def train_tiny_models(workdir: Path, seed: int = 0) -> TinyModels:
     src_ids = tok.encode_src([s for s, _ in pairs])
     tgt_ids = tok.encode_tgt([t for _, t in pairs])
     batches = [
-        (pad(src_ids[i : i + 64]), pad(tgt_ids[i : i + 64])) for i in range(0, len(pairs), 64)
+        (pad(src_ids[i : i + 128]), pad(tgt_ids[i : i + 128])) for i in range(0, len(pairs), 128)
     ]
     vocab = tok.src_vocab_size
     from lanmt_cli.model import LaNMT
     from lanmt_cli.teacher import Transformer
 
     teacher = Transformer(teacher_config(vocab))
-    train(teacher, batches, steps=500)
+    train(teacher, batches, steps=500, lr=5e-3)
     lanmt = LaNMT(lanmt_config(vocab))
-    train(lanmt, batches, steps=700, lr=2e-3, lanmt=True)
+    train(lanmt, batches, steps=800, lr=5e-3, lanmt=True)
     return TinyModels(tok, teacher, lanmt)
