@@ -26,6 +26,11 @@ app = typer.Typer(
 )
 
 
+@app.callback()
+def _root() -> None:
+    """LaNMT: fast non-autoregressive translation with deterministic inference."""
+
+
 def _quiet_broken_pipe() -> None:
     """`lanmt translate | head -1`: the reader went away; end quietly."""
     try:

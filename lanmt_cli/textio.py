@@ -113,10 +113,6 @@ def check_parallel(src: Path, tgt: Path) -> int:
     return n_src
 
 
-def _strip(line: str) -> str:
-    return line.rstrip("\r\n")
-
-
 def read_lines(path: Path, chunk_lines: int = 100_000) -> Iterator[list[str]]:
     """Yield the lines of `path` (newline removed) in lists of at most `chunk_lines`."""
     path = Path(path)
@@ -124,7 +120,7 @@ def read_lines(path: Path, chunk_lines: int = 100_000) -> Iterator[list[str]]:
         text = io.TextIOWrapper(raw, encoding="utf-8", errors="strict", newline="\n")
         try:
             while chunk := list(itertools.islice(text, chunk_lines)):
-                yield [_strip(line) for line in chunk]
+                yield [line.rstrip("\r\n") for line in chunk]
         except UnicodeDecodeError:
             raise _not_utf8(path) from None
 
@@ -158,9 +154,17 @@ def read_parallel(
 # --- output that is never left half-written ---------------------------------------------
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def _temp_sibling(target: Path, kind: str) -> Path:
     """A fresh, empty temporary directory next to `target` (same filesystem, so rename works)."""
-    return Path(tempfile.mkdtemp(prefix=f".{target.name}.{kind}-", dir=target.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.{kind}-", dir=target.parent))
+    tmp.chmod(0o777 & ~_umask())  # mkdtemp makes it private; give it the usual permissions
+    return tmp
 
 
 @contextlib.contextmanager
@@ -169,6 +173,7 @@ def atomic_file(target: Path) -> Iterator[Path]:
     target = Path(target)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.tmp-", dir=target.parent)
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~_umask())
     try:
         yield Path(tmp)
         os.replace(tmp, target)
