@@ -1,0 +1,762 @@
+"""Measure decoders the way a speed claim must be measured: one run, one machine, one model.
+
+    from lanmt_cli.bench import bench, read_test_set
+    from lanmt_cli.bundle import load_bundle
+    report = bench(load_bundle("model"), ["beam", "one-shot", "refine1"],
+                   read_test_set("test.en", ["test.de"]), evaluate=True)
+    print(markdown(report))
+
+`lanmt bench` is one user of this module. Every decoder of a run shares the loaded model
+(and teacher), the device, the CPU threads and the sentences, so speed-ups are ratios of
+numbers measured side by side:
+
+- **latency**: each sentence decoded alone (batch size 1), after a warm-up, model loading
+  excluded. The clock (`time.perf_counter`) is read after `torch.cuda.synchronize()` on a GPU,
+  around the decoder call on the sentence's token ids (tokenization is the same for every
+  decoder and is left out). The decoders take turns sentence by sentence, in a rotating
+  order, so a machine that slows down or speeds up during the run favours none of them;
+  Python's garbage collector is paused while a call is timed, as `timeit` does.
+- **throughput**: the whole test set translated text-in, text-out with `Translator.translate`
+  (sorted by length, batched by `batch_tokens`); sentences and target tokens per second.
+  These are the translations BLEU is computed on.
+- **speed-up** = baseline time / decoder time, for both; for latency also a 95% paired
+  bootstrap interval over sentences.
+- **quality** (references given): sacreBLEU BLEU (13a, cased) with its signature, the
+  seed's variant (`intl` tokenization, lower-cased) and chrF.
+"""
+
+from __future__ import annotations
+
+import difflib
+import gc
+import hashlib
+import json
+import os
+import platform
+import re
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from decoders import registry
+from lanmt_cli.errors import LanmtError
+from lanmt_cli.translator import Translator
+
+FORMAT_VERSION = 1  # of the JSON report
+BASELINE = "beam"  # the teacher's beam search, beam 3 (its default)
+DEFAULT_DECODERS = ("one-shot", "refine1", "latent-search", "teacher-rescore")
+BOOTSTRAP_SAMPLES = 1000
+
+
+# --- decoder specs -----------------------------------------------------------------------
+
+
+def parse_spec(spec: str) -> tuple[str, dict[str, str]]:
+    """`NAME` or `NAME:key=value,key=value` -> (NAME, options as strings).
+
+    `latent-search:samples=20,noise=0.3` -> ("latent-search", {"samples": "20", "noise": "0.3"}).
+    The options are those of `lanmt translate --opt key=value`, checked by the same registry.
+    """
+    name, colon, rest = spec.strip().partition(":")
+    name = name.strip()
+    if not name:
+        raise LanmtError(f"decoder {spec!r}: no name (write NAME or NAME:key=value,key=value)")
+    pairs = [p for p in rest.split(",") if p.strip()]
+    if colon and not pairs:
+        raise LanmtError(f"decoder {spec!r}: no options after ':' (write NAME:key=value,...)")
+    return name, registry.parse_options(pairs)
+
+
+def check_specs(baseline: str, specs: Sequence[str]) -> list[str]:
+    """The labels of a run: the baseline first, then `specs` (each once), all resolvable."""
+    labels = [baseline] + [s for s in specs if s != baseline]
+    twice = sorted({s for s in labels[1:] if labels[1:].count(s) > 1})
+    if twice:
+        raise LanmtError(f"decoder {twice[0]} is listed twice")
+    for label in labels:  # an unknown decoder or a bad option: one clear error, now
+        registry.resolve(*parse_spec(label))
+    return labels
+
+
+def default_decoders(bundle) -> list[str]:
+    """The seed's table: the baseline and the four LaNMT decoders (a Transformer: beam only)."""
+    if bundle.kind == "transformer":
+        return [BASELINE]
+    return [BASELINE, *DEFAULT_DECODERS]
+
+
+# --- test sets ---------------------------------------------------------------------------
+
+
+@dataclass
+class TestSet:
+    """Sources and their references (one list per reference stream, each aligned)."""
+
+    __test__ = False  # not a pytest test class
+
+    sources: list[str]
+    references: list[list[str]]  # empty: no references, speed only
+    origin: dict[str, Any]  # where it came from, for the report
+    total: int = 0  # sentences in the full test set (before `head`)
+
+    def __post_init__(self) -> None:
+        self.total = self.total or len(self.sources)
+
+    def head(self, n: int | None) -> TestSet:
+        """The first n sentences (all for None)."""
+        if n is None or n >= len(self.sources):
+            return self
+        return TestSet(self.sources[:n], [r[:n] for r in self.references], self.origin, self.total)
+
+
+def _read(path: Path) -> list[str]:
+    from lanmt_cli.textio import iter_lines
+
+    lines = list(iter_lines(path))
+    if lines:
+        lines[0] = lines[0].removeprefix("\ufeff")  # a byte-order mark is not text
+    return lines
+
+
+def read_test_set(src: str | Path, refs: Sequence[str | Path] = (), **origin: Any) -> TestSet:
+    """A test set from a source file and reference files (plain or gzip, line-aligned)."""
+    from lanmt_cli.textio import check_parallel, count_lines
+
+    src = Path(src)
+    if refs:
+        for ref in refs:
+            check_parallel(src, Path(ref))
+    else:
+        count_lines(src)  # empty, missing, not UTF-8: one clear error
+    origin = {"name": None, "langpair": None, **origin}
+    origin.update(src=str(src), refs=[str(r) for r in refs])
+    return TestSet(_read(src), [_read(Path(r)) for r in refs], origin)
+
+
+def sacrebleu_test_set(name: str, langpair: str) -> TestSet:
+    """A sacreBLEU test set (`wmt14`, `en-de`): from its local cache, else downloaded."""
+    from sacrebleu.dataset import DATASETS
+    from sacrebleu.utils import get_langpairs_for_testset
+
+    if name not in DATASETS:
+        close = difflib.get_close_matches(name, list(DATASETS), n=1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        raise LanmtError(
+            f"unknown sacreBLEU test set {name!r}{hint}; `sacrebleu --list` shows them"
+        )
+    pairs = get_langpairs_for_testset(name)
+    if langpair not in pairs:
+        raise LanmtError(
+            f"sacreBLEU test set {name} has no language pair {langpair!r}; it has "
+            f"{', '.join(sorted(pairs))}"
+        )
+    dataset = DATASETS[name]
+    try:
+        src = dataset.get_source_file(langpair)
+        refs = dataset.get_reference_files(langpair)
+    except (Exception, SystemExit) as err:  # sacrebleu exits on some download failures
+        reason = getattr(err, "reason", err)
+        raise LanmtError(
+            f"cannot download sacreBLEU test set {name} {langpair} (no network?): use "
+            f"--src/--ref ({type(err).__name__}: {reason})"
+        ) from None
+    return read_test_set(src, refs, name=name, langpair=langpair)
+
+
+# --- the measurements --------------------------------------------------------------------
+
+
+@dataclass
+class Latency:
+    """Per-sentence decoding time at batch size 1, in milliseconds."""
+
+    sentences: int
+    mean_ms: float
+    std_ms: float  # population standard deviation over sentences (numpy's default)
+    median_ms: float
+    p90_ms: float  # 90th percentile (linear interpolation)
+    min_ms: float
+    max_ms: float
+    total_s: float
+    speedup: float | None = None  # baseline mean / this mean
+    speedup_ci95: list[float] | None = None  # paired bootstrap over sentences
+
+
+def latency_stats(seconds: Sequence[float]) -> Latency:
+    ms = np.asarray(seconds, dtype=float) * 1000.0
+    return Latency(
+        sentences=len(ms),
+        mean_ms=float(ms.mean()),
+        std_ms=float(ms.std()),
+        median_ms=float(np.median(ms)),
+        p90_ms=float(np.percentile(ms, 90)),
+        min_ms=float(ms.min()),
+        max_ms=float(ms.max()),
+        total_s=float(ms.sum() / 1000.0),
+    )
+
+
+def speedup_interval(base: Sequence[float], other: Sequence[float], seed: int = 0) -> list[float]:
+    """95% paired bootstrap interval of mean(base) / mean(other) over the same sentences."""
+    a, b = np.asarray(base, dtype=float), np.asarray(other, dtype=float)
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(a), size=(BOOTSTRAP_SAMPLES, len(a)))  # (S, n)
+    ratios = a[idx].mean(1) / b[idx].mean(1)
+    low, high = np.percentile(ratios, [2.5, 97.5])
+    return [float(low), float(high)]
+
+
+@dataclass
+class Throughput:
+    """The whole test set translated in batches of `batch_tokens`."""
+
+    sentences: int
+    target_tokens: int  # SentencePiece pieces of the output, by the model's target tokenizer
+    seconds: float  # the median run
+    runs_s: list[float]  # every run (--repeats), in order
+    sentences_per_s: float
+    tokens_per_s: float
+    peak_memory_mb: float | None  # CUDA only: peak allocated during the runs, weights included
+    speedup: float | None = None  # baseline seconds / these seconds
+
+    @classmethod
+    def of(cls, sentences: int, tokens: int, runs: list[float], peak: float | None) -> Throughput:
+        seconds = float(np.median(runs))
+        return cls(sentences, tokens, seconds, runs, sentences / seconds, tokens / seconds, peak)
+
+
+@dataclass
+class Quality:
+    """sacreBLEU scores of the translations against the references."""
+
+    bleu: float  # 13a tokenization, cased: the headline
+    bleu_signature: str
+    bleu_text: str  # sacreBLEU's own line: n-gram precisions, brevity penalty, lengths
+    bleu_intl_lc: float  # the seed's variant: intl tokenization, lower-cased
+    bleu_intl_lc_signature: str
+    chrf: float
+    chrf_signature: str
+
+
+def score(hypotheses: list[str], references: list[list[str]]) -> Quality:
+    """BLEU (13a, cased), BLEU (intl, lower-cased) and chrF by sacreBLEU."""
+    from sacrebleu.metrics import BLEU, CHRF
+
+    bleu, seed_bleu, chrf = BLEU(), BLEU(tokenize="intl", lowercase=True), CHRF()
+    b = bleu.corpus_score(hypotheses, references)
+    s = seed_bleu.corpus_score(hypotheses, references)
+    c = chrf.corpus_score(hypotheses, references)
+    return Quality(
+        bleu=b.score,
+        bleu_signature=str(bleu.get_signature()),
+        bleu_text=b.format(),
+        bleu_intl_lc=s.score,
+        bleu_intl_lc_signature=str(seed_bleu.get_signature()),
+        chrf=c.score,
+        chrf_signature=str(chrf.get_signature()),
+    )
+
+
+@dataclass
+class Row:
+    """One decoder's figures."""
+
+    label: str  # the spec as given, e.g. "latent-search:samples=20"
+    decoder: str  # registered name
+    options: dict[str, Any]  # every option value, defaults included
+    baseline: bool
+    model_kind: str  # the model it decodes with: lanmt, or transformer (the teacher)
+    needs_teacher: bool
+    latency: Latency | None
+    throughput: Throughput
+    quality: Quality | None
+    translations: list[str] = field(repr=False)
+    translations_file: str | None = None  # set once written (write_translations)
+
+    def as_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        del d["translations"]
+        return d
+
+
+@dataclass
+class Report:
+    date: str  # UTC, ISO 8601
+    environment: dict[str, Any]
+    model: dict[str, Any]
+    test_set: dict[str, Any]
+    settings: dict[str, Any]
+    rows: list[Row]
+
+    @property
+    def baseline(self) -> Row:
+        return next(r for r in self.rows if r.baseline)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "format_version": FORMAT_VERSION,
+            "date": self.date,
+            "environment": self.environment,
+            "model": self.model,
+            "test_set": self.test_set,
+            "settings": self.settings,
+            "decoders": [r.as_dict() for r in self.rows],
+        }
+
+
+# --- running it --------------------------------------------------------------------------
+
+
+def _synchronize(device: str) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.partition(":")[2].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _version(package: str) -> str | None:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def environment(device: str) -> dict[str, Any]:
+    """What the figures depend on: hardware, threads, library versions."""
+    cuda = torch.device(device).type == "cuda"
+    try:
+        affinity = len(os.sched_getaffinity(0))
+    except AttributeError:
+        affinity = os.cpu_count()
+    return {
+        "device": device,
+        "device_name": torch.cuda.get_device_name(device) if cuda else cpu_name(),
+        "cpu": cpu_name(),
+        "cpu_count": affinity,
+        "threads": torch.get_num_threads(),
+        "interop_threads": torch.get_num_interop_threads(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda if cuda else None,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "lanmt": _version("lanmt"),
+        "sacrebleu": _version("sacrebleu"),
+        "numpy": np.__version__,
+    }
+
+
+def _parameters(model) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def _model_info(bundle, translators: dict[str, Translator], teacher) -> dict[str, Any]:
+    info: dict[str, Any] = {
+        "path": str(bundle.path),
+        "kind": bundle.kind,
+        "languages": bundle.meta.get("languages") or {},
+        "dtype": bundle.meta.get("dtype"),
+        "parameters": _parameters(bundle.model),
+        "teacher": None,
+        "teacher_parameters": None,
+    }
+    for tr in translators.values():  # the teacher some decoder ran, if any
+        cls = tr.decoder_class
+        if cls.needs_teacher or cls.model_kind == "transformer":
+            model = tr.decoder.teacher if cls.needs_teacher else tr.decoder.model
+            path = teacher.path if teacher is not None else bundle.teacher_path
+            info.update(teacher=str(path), teacher_parameters=_parameters(model))
+            break
+    return info
+
+
+class _GcPaused:
+    """Garbage collection off inside the block (as timeit does), restored after."""
+
+    def __enter__(self) -> None:
+        self.was = gc.isenabled()
+        gc.collect()
+        gc.disable()
+
+    def __exit__(self, *exc) -> None:
+        if self.was:
+            gc.enable()
+
+
+def bench(
+    bundle,
+    specs: Sequence[str] | None,
+    test_set: TestSet,
+    *,
+    baseline: str = BASELINE,
+    teacher=None,
+    evaluate: bool = False,
+    batch_tokens: int = 4096,
+    warmup: int = 10,
+    latency_sentences: int | None = None,
+    repeats: int = 1,
+    seed: int = 0,
+    say: Callable[[str], None] = lambda message: None,
+) -> Report:
+    """Measure each decoder of `specs` (plus the baseline, first) on `test_set`.
+
+    bundle: a loaded `Bundle` (shared by every decoder); teacher: a loaded Transformer
+    `Bundle` replacing the bundle's own. latency_sentences: how many sentences are timed one
+    at a time (None: all, 0: no latency run). warmup: sentences each decoder translates,
+    untimed, before anything is measured. repeats: batched runs of the whole set per decoder
+    (the median counts).
+    """
+    if evaluate and not test_set.references:
+        raise LanmtError("--evaluate needs references: give --ref FILE or --test-set")
+    labels = check_specs(baseline, specs or default_decoders(bundle))
+    device = bundle.device
+    translators: dict[str, Translator] = {}
+    for label in labels:
+        name, options = parse_spec(label)
+        translators[label] = Translator(
+            bundle, name, options, device=device, batch_tokens=batch_tokens, seed=seed,
+            teacher=teacher,
+        )  # fmt: skip
+    sources = test_set.sources
+    # The latency sentences: the first non-empty ones, as each decoder splits them.
+    chosen = [i for i, s in enumerate(sources) if s.strip()]
+    chosen = chosen[:latency_sentences] if latency_sentences is not None else chosen
+    pieces = {label: _pieces(tr, [sources[i] for i in chosen]) for label, tr in translators.items()}
+
+    say(f"warm-up: {min(warmup, len(chosen))} sentences per decoder, alone and batched")
+    for label, tr in translators.items():
+        for p in pieces[label][:warmup]:
+            tr.decode_batch(p)
+        if warmup:
+            tr.translate(sources[:warmup])
+
+    seconds = _time_latency(translators, pieces, device, say) if chosen else {}
+
+    runs: dict[str, list[float]] = {label: [] for label in labels}
+    peaks: dict[str, float | None] = {}
+    translations: dict[str, list[str]] = {}
+    for r in range(repeats):  # decoders take turns, in a rotating order
+        for label in labels[r % len(labels) :] + labels[: r % len(labels)]:
+            say(f"batched: {label} on {len(sources)} sentences (run {r + 1} of {repeats})")
+            elapsed, translations[label], peak = _time_batched(translators[label], sources)
+            runs[label].append(elapsed)
+            peaks[label] = max(peaks.get(label) or 0.0, peak) if peak is not None else None
+    throughputs = {
+        label: Throughput.of(
+            len(sources), _target_tokens(bundle, translations[label]), t, peaks[label]
+        )
+        for label, t in runs.items()
+    }
+
+    rows = []
+    base = seconds.get(baseline)
+    for label, tr in translators.items():
+        latency = None
+        if label in seconds:
+            latency = latency_stats(seconds[label])
+            latency.speedup = float(np.mean(base) / np.mean(seconds[label]))
+            latency.speedup_ci95 = speedup_interval(base, seconds[label], seed)
+        thr = throughputs[label]
+        thr.speedup = throughputs[baseline].seconds / thr.seconds
+        quality = score(translations[label], test_set.references) if evaluate else None
+        rows.append(
+            Row(
+                label=label,
+                decoder=tr.name,
+                options=dict(tr.options),
+                baseline=label == baseline,
+                model_kind=tr.decoder_class.model_kind,
+                needs_teacher=tr.decoder_class.needs_teacher,
+                latency=latency,
+                throughput=thr,
+                quality=quality,
+                translations=translations[label],
+            )
+        )
+    origin = test_set.origin
+    return Report(
+        date=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        environment=environment(device),
+        model=_model_info(bundle, translators, teacher),
+        test_set={
+            **origin,
+            "sentences_total": test_set.total,
+            "sentences": len(sources),
+            "latency_sentences": len(chosen),
+            "empty_lines": len(sources) - sum(1 for s in sources if s.strip()),
+            "sources_sha256": hashlib.sha256("\n".join(sources).encode()).hexdigest(),
+        },
+        settings={
+            "baseline": baseline,
+            "batch_tokens": batch_tokens,
+            "warmup": warmup,
+            "repeats": repeats,
+            "seed": seed,
+            "evaluate": evaluate,
+            "latency_order": "interleaved by sentence, rotating",
+        },
+        rows=rows,
+    )
+
+
+def _pieces(tr: Translator, lines: list[str]) -> list[list[list[int]]]:
+    """Token ids of each line, as the pieces the translator decodes it in (usually one)."""
+    return [tr.split(line, ids)[0] for line, ids in zip(lines, tr.encode(lines), strict=True)]
+
+
+def _time_latency(
+    translators: dict[str, Translator],
+    pieces: dict[str, list[list[list[int]]]],
+    device: str,
+    say: Callable[[str], None],
+) -> dict[str, list[float]]:
+    """Seconds per sentence per decoder at batch size 1; decoders take turns per sentence."""
+    labels = list(translators)
+    n = len(next(iter(pieces.values())))
+    seconds: dict[str, list[float]] = {label: [] for label in labels}
+    say(f"latency: {n} sentences, one at a time, {len(labels)} decoders taking turns")
+    report_every = max(1, n // 10)
+    with _GcPaused():
+        for i in range(n):
+            turn = i % len(labels)
+            for label in labels[turn:] + labels[:turn]:
+                tr, sentence = translators[label], pieces[label][i]
+                _synchronize(device)
+                start = time.perf_counter()
+                tr.decode_batch(sentence)
+                _synchronize(device)
+                seconds[label].append(time.perf_counter() - start)
+            if (i + 1) % report_every == 0 and i + 1 < n:
+                say(f"latency: {i + 1}/{n} sentences")
+    return seconds
+
+
+def _time_batched(tr: Translator, sources: list[str]) -> tuple[float, list[str], float | None]:
+    """Seconds to translate `sources` in batches, the translations, peak CUDA memory (MiB)."""
+    device = tr.device
+    cuda = torch.device(device).type == "cuda"
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(device)
+    gc.collect()
+    _synchronize(device)
+    start = time.perf_counter()
+    results = tr.translate(sources)
+    _synchronize(device)
+    elapsed = time.perf_counter() - start
+    texts = [r.translation.replace("\n", " ") for r in results]
+    peak = torch.cuda.max_memory_allocated(device) / 2**20 if cuda else None
+    return elapsed, texts, peak
+
+
+def _target_tokens(bundle, texts: list[str]) -> int:
+    """Target SentencePiece tokens of `texts`: one count for every decoder."""
+    return sum(len(ids) for ids in bundle.tokenizer.encode_tgt(texts))
+
+
+# --- output ------------------------------------------------------------------------------
+
+
+def _ms(x: float) -> str:
+    return f"{x:.0f}" if x >= 100 else f"{x:.1f}" if x >= 10 else f"{x:.2f}"
+
+
+def _x(x: float | None) -> str:
+    return "-" if x is None else f"{x:.1f}x" if x >= 1 else f"{x:.2f}x"
+
+
+def columns(report: Report) -> tuple[list[str], list[list[str]]]:
+    """Header and cells of the results table (the seed's shape, plus what it left out)."""
+    evaluated = any(r.quality for r in report.rows)
+    timed = any(r.latency for r in report.rows)
+    header = ["decoding"]
+    if evaluated:
+        header += ["BLEU", "BLEU intl lc", "chrF"]
+    if timed:
+        header += ["ms / sentence", "median", "p90", "speed-up"]
+    header += ["sentences/s", "tokens/s", "speed-up (batched)"]
+    cells = []
+    for r in report.rows:
+        row = [r.label + (" (baseline)" if r.baseline else "")]
+        if evaluated:
+            q = r.quality
+            row += [f"{q.bleu:.2f}", f"{q.bleu_intl_lc:.2f}", f"{q.chrf:.2f}"] if q else ["-"] * 3
+        if timed:
+            lat = r.latency
+            row += (
+                [f"{_ms(lat.mean_ms)} ± {_ms(lat.std_ms)}", _ms(lat.median_ms), _ms(lat.p90_ms)]
+                + [_x(lat.speedup)]
+                if lat
+                else ["-"] * 4
+            )
+        t = r.throughput
+        row += [f"{t.sentences_per_s:.1f}", f"{t.tokens_per_s:.0f}", _x(t.speedup)]
+        cells.append(row)
+    return header, cells
+
+
+def notes(report: Report) -> list[str]:
+    """What the figures mean and where they come from, one statement a line."""
+    env, ts, st = report.environment, report.test_set, report.settings
+    name = ts.get("name") or Path(ts["src"]).name
+    if ts.get("langpair"):
+        name += f" {ts['langpair']}"
+    lines = [
+        f"{ts['sentences']} of {ts['sentences_total']} sentences of {name}; "
+        f"model {Path(report.model['path']).name} ({report.model['kind']})."
+    ]
+    if ts["latency_sentences"]:
+        lines.append(
+            f"ms / sentence: mean ± std over {ts['latency_sentences']} sentences decoded one "
+            f"at a time (batch size 1) after a warm-up of up to {st['warmup']} sentences per "
+            "decoder; model loading and tokenization excluded."
+        )
+    runs = f"median of {st['repeats']} runs" if st["repeats"] > 1 else "one run"
+    lines.append(
+        f"Batched: the whole set, text in, text out, {st['batch_tokens']} source tokens "
+        f"per batch, {runs}; tokens/s counts target SentencePiece tokens."
+    )
+    if st["repeats"] < 3 and min(r.throughput.seconds for r in report.rows) < 1.0:
+        lines.append(
+            "Warning: some batched runs took under a second; times that short are noisy: "
+            "use --repeats 5 (or more sentences) before quoting batched speed-ups."
+        )
+    lines.append(
+        f"Device: {env['device']} ({env['device_name']}), torch threads: {env['threads']}, "
+        f"torch {env['torch']}, {report.date}."
+    )
+    lines.append(
+        f"Speed-up: time of {report.baseline.label} / time of the decoder, both measured "
+        "in this one run on this machine; absolute times hold for this device only."
+    )
+    q = report.rows[0].quality
+    if q:
+        lines.append(
+            f"BLEU: sacreBLEU {q.bleu_signature}; BLEU intl lc (the seed's variant): "
+            f"{q.bleu_intl_lc_signature}; chrF: {q.chrf_signature}."
+        )
+    return lines
+
+
+def markdown(report: Report) -> str:
+    """The table and its notes as Markdown, for a README."""
+    header, cells = columns(report)
+    right = [":---"] + ["---:"] * (len(header) - 1)
+    lines = [
+        "| " + " | ".join(header) + " |",
+        "|" + "|".join(right) + "|",
+        *("| " + " | ".join(row) + " |" for row in cells),
+        "",
+        *notes(report),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def rich_table(report: Report):
+    """The table for the terminal (a rich Table with the notes as its caption)."""
+    from rich.table import Table
+
+    header, cells = columns(report)
+    table = Table(title="lanmt bench", caption="\n".join(notes(report)), caption_justify="left")
+    for i, name in enumerate(header):
+        table.add_column(name, justify="left" if i == 0 else "right", no_wrap=i > 0)
+    for row in cells:
+        table.add_row(*row)
+    return table
+
+
+def write_json(report: Report, path: Path) -> None:
+    from lanmt_cli.textio import atomic_file
+
+    with atomic_file(Path(path)) as tmp:
+        tmp.write_text(json.dumps(report.as_dict(), indent=2, ensure_ascii=False) + "\n")
+
+
+def _file_name(label: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._=+-]", "_", label).strip(".") or "decoder"
+
+
+def write_translations(report: Report, test_set: TestSet, directory: Path) -> None:
+    """DIR/src.txt, DIR/ref.txt (ref.2.txt, ... for more references) and DIR/LABEL.txt for
+    each decoder: the exact lines every figure was computed on. Sets `translations_file`."""
+    from lanmt_cli.textio import atomic_file
+
+    directory = Path(directory)
+    if directory.exists() and not directory.is_dir():
+        raise LanmtError(f"--output-dir {directory}: exists and is not a directory")
+    directory.mkdir(parents=True, exist_ok=True)
+    files: dict[str, list[str]] = {"src.txt": test_set.sources}
+    for i, ref in enumerate(test_set.references, start=1):
+        files["ref.txt" if i == 1 else f"ref.{i}.txt"] = ref
+    for row in report.rows:
+        name, n = _file_name(row.label), 1
+        while f"{name}.txt" in files:  # two labels with one file name, or "src"/"ref"
+            n += 1
+            name = f"{_file_name(row.label)}.{n}"
+        files[f"{name}.txt"] = row.translations
+        row.translations_file = str(directory / f"{name}.txt")
+    for name, lines in files.items():
+        with atomic_file(directory / name) as tmp:
+            tmp.write_text("".join(f"{line}\n" for line in lines), encoding="utf-8")
+
+
+def plot(report: Report, path: Path) -> None:
+    """BLEU against mean latency (log scale), one point per decoder, saved to `path`."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from lanmt_cli.textio import atomic_file
+
+    rows = [r for r in report.rows if r.latency and r.quality]
+    if not rows:
+        raise LanmtError("--plot needs BLEU (--evaluate) and latency (--latency-sentences > 0)")
+    env = report.environment
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for i, r in enumerate(rows):
+        lat = r.latency
+        low = min(lat.std_ms, lat.mean_ms - lat.min_ms)  # the log axis ends above zero
+        ax.errorbar(
+            lat.mean_ms, r.quality.bleu, xerr=[[low], [lat.std_ms]], capsize=3,
+            fmt="s" if r.baseline else "o",
+        )  # fmt: skip
+        ax.annotate(
+            f"{r.label} ({_x(lat.speedup)})",
+            (lat.mean_ms, r.quality.bleu),
+            textcoords="offset points",
+            xytext=(6, 6 if i % 2 == 0 else -14),  # neighbours with equal BLEU stay legible
+            fontsize=8,
+        )
+    ax.set_xscale("log")
+    ax.set_xlabel(
+        f"ms / sentence, batch size 1: mean, bars ± std, cut at the fastest ({env['device_name']})"
+    )
+    ax.set_ylabel("BLEU (sacreBLEU 13a, cased)")
+    ts = report.test_set
+    ax.set_title(f"quality and speed: {ts['sentences']} sentences, torch threads: {env['threads']}")
+    ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    path = Path(path)
+    kind = path.suffix.lstrip(".").lower() or "png"
+    try:
+        with atomic_file(path) as tmp:
+            fig.savefig(tmp, format=kind, dpi=150)
+    except ValueError as err:  # an unknown image format
+        raise LanmtError(f"--plot {path}: {err}") from None
+    finally:
+        plt.close(fig)

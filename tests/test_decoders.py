@@ -1,0 +1,221 @@
+"""The decoders on the tiny trained model: what each algorithm promises, the registry, options."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from decoders import registry
+from decoders.base import Decoder, Option, OptionError, content_seed
+from decoders.refine import Refine, decode_latent, refine
+from lanmt_cli.errors import LanmtError
+from lanmt_cli.postprocess import clean_ids
+from lanmt_cli.search import beam_search
+from lanmt_cli.translator import Translator
+from tests.tiny import pad
+
+DECODERS = ["one-shot", "refine1", "refine3", "latent-search", "teacher-rescore", "beam"]
+# loud, unrefined samples: the tiny model's output then depends on each sentence's draw
+NOISY = {"samples": 4, "noise": 4.0, "steps": 0}
+SMALL = {"latent-search": NOISY, "teacher-rescore": NOISY}
+
+
+@pytest.fixture(scope="module")
+def bundle(tiny_bundle):
+    from lanmt_cli.bundle import load_bundle
+
+    return load_bundle(tiny_bundle)
+
+
+@pytest.fixture(scope="module")
+def sources(tiny_task):
+    return [s for s, _ in tiny_task]
+
+
+def accuracy(translator: Translator, tiny_task) -> float:
+    results = translator.translate([s for s, _ in tiny_task])
+    hits = sum(r.translation == ref for r, (_, ref) in zip(results, tiny_task, strict=True))
+    return hits / len(tiny_task)
+
+
+def encode(bundle, sentences):
+    ids = bundle.tokenizer.encode_src(sentences)
+    return pad(ids), [content_seed(0, i) for i in ids]
+
+
+# --- the algorithms ----------------------------------------------------------------------
+
+
+def test_refinement_is_at_least_as_accurate_as_one_shot(bundle, tiny_task):
+    one_shot = accuracy(Translator(bundle, "one-shot"), tiny_task)
+    refined = accuracy(Translator(bundle, "refine1"), tiny_task)
+    assert refined >= one_shot
+    assert refined >= 0.6
+
+
+def test_refine_stops_once_the_output_is_stable(bundle, sources):
+    m = bundle.model
+    src, _ = encode(bundle, sources[:16])
+    with torch.no_grad():
+        source = m.encode_source(src)
+        first, scores = decode_latent(m, source, m.prior(source).mean)
+        fixed, _, passes = refine(m, source, first, scores, steps=50)
+        again, _, more = refine(m, source, fixed, scores, steps=50)
+    assert passes < 50  # stopped early: every sentence reached a fixed point
+    assert again == fixed and more == 1  # one pass confirms a fixed point and stops
+    # refine with steps=0 is one-shot
+    zero = Refine(m, steps=0).decode(src)
+    one_shot = registry.resolve("one-shot")[1](m).decode(src)
+    assert [o.tokens for o in zero] == [o.tokens for o in one_shot]
+
+
+def test_latent_search_keeps_its_best_scoring_candidate(bundle, sources):
+    src, seeds = encode(bundle, sources[:6])
+    cls = registry.resolve("latent-search")[1]
+    options = {"samples": 10, "noise": 4, "steps": 0, "nbest": 10}  # several distinct outputs
+    outs = cls(bundle.model, **options).decode(src, seeds)
+    assert any(len(out.candidates) > 1 for out in outs)
+    for out in outs:
+        assert out.candidates and out.candidates[0] == (out.tokens, out.score)
+        assert out.score == max(s for _, s in out.candidates)
+        assert len({tuple(t) for t, _ in out.candidates}) == len(out.candidates)  # distinct
+    # the seed decides the samples: the same seeds give the same result, others may differ
+    again = cls(bundle.model, **options).decode(src, seeds)
+    assert [o.candidates for o in again] == [o.candidates for o in outs]
+
+
+def test_teacher_rescore_picks_what_the_teacher_scores_highest(bundle, sources):
+    teacher = bundle.teacher().model
+    src, seeds = encode(bundle, sources[:8])
+    cls = registry.resolve("teacher-rescore")[1]
+    # loud noise and no refinement: the tiny model then offers several distinct candidates
+    outs = cls(bundle.model, teacher, samples=12, noise=4, steps=0, nbest=100).decode(src, seeds)
+    several = 0
+    for i, out in enumerate(outs):
+        cands = [t for t, _ in out.candidates]
+        several += len(cands) > 1
+        # an independent teacher forward pass over every candidate of this sentence
+        rows = src[i : i + 1].expand(len(cands), -1)
+        independent = teacher.score(rows, pad(cands)).tolist()
+        best = max(range(len(cands)), key=lambda k: independent[k])
+        assert out.tokens == cands[best]
+        assert independent == pytest.approx([s for _, s in out.candidates], abs=1e-3)
+    assert several  # the test means something: some sentences had a choice to make
+
+
+def test_beam_decoder_is_the_teachers_beam_search(bundle, sources):
+    teacher = bundle.teacher().model
+    src, _ = encode(bundle, sources[:8])
+    outs = registry.resolve("beam4")[1](teacher, beam=4).decode(src)
+    hyps = beam_search(teacher, src, beam=4)
+    assert [o.tokens for o in outs] == [h[0].tokens for h in hyps]
+    assert [o.score for o in outs] == pytest.approx([h[0].score for h in hyps])
+
+
+@pytest.mark.parametrize("name", DECODERS)
+def test_each_sentence_decodes_the_same_in_any_batch(bundle, sources, name):
+    """Batch-size invariance: alone, in a batch, in another order: the same output."""
+    options = SMALL.get(name, {})
+    tr = Translator(bundle, name, options, batch_tokens=100_000)
+    ids = tr.encode(sources[:12])
+    together = tr.decode_batch(ids)
+    alone = [tr.decode_batch([i])[0] for i in ids]
+    reordered = tr.decode_batch(ids[::-1])[::-1]
+    for a, b, c in zip(together, alone, reordered, strict=True):
+        assert a.tokens == b.tokens == c.tokens
+        assert a.score == pytest.approx(b.score, abs=1e-4)
+        assert [t for t, _ in a.candidates] == [t for t, _ in b.candidates]
+
+
+# --- registry and options ----------------------------------------------------------------
+
+
+def test_builtin_decoders_come_from_the_entry_point_group():
+    regs = registry.registrations()
+    for name in ("one-shot", "refine", "latent-search", "teacher-rescore", "beam"):
+        (entry,) = regs[name]
+        assert entry.package == "lanmt"
+        assert issubclass(entry.load(), Decoder)
+
+
+@pytest.mark.parametrize(
+    ("spec", "options", "name", "expected"),
+    [
+        ("refine1", {}, "refine", {"steps": 1}),
+        ("refine3", {}, "refine", {"steps": 3}),
+        ("refine-3", {"steps": "3"}, "refine", {"steps": 3}),
+        ("refine", {"steps": "4"}, "refine", {"steps": 4}),
+        ("beam5", {"length_penalty": "0.6"}, "beam", {"beam": 5, "length_penalty": 0.6}),
+        ("latent-search", {"noise": 1}, "latent-search", {"samples": 50, "noise": 1.0}),
+    ],
+)
+def test_names_and_options_resolve(spec, options, name, expected):
+    got_name, _, opts = registry.resolve(spec, options)
+    assert got_name == name
+    assert expected.items() <= opts.items()
+
+
+@pytest.mark.parametrize(
+    ("spec", "options", "message"),
+    [
+        ("refin", {}, "did you mean refine?"),
+        ("nonsense", {}, "installed decoders: beam, latent-search, one-shot, refine"),
+        ("one-shot2", {}, "takes no number"),
+        ("refine", {"stepz": "2"}, "did you mean steps?"),
+        ("refine", {"stepz": "2"}, "its options: steps (int, default 1"),
+        ("refine", {"steps": "two"}, "takes int, got 'two'"),
+        ("refine", {"steps": -1}, "must be at least 0"),
+        ("refine", {"steps": 1.5}, "takes int"),
+        ("latent-search", {"noise": "high"}, "takes float"),
+        ("refine2", {"steps": "3"}, "sets steps=2"),
+    ],
+)
+def test_bad_names_and_options_say_what_exists(spec, options, message):
+    with pytest.raises(LanmtError) as err:
+        registry.resolve(spec, options)
+    assert message in str(err.value)
+
+
+def test_option_parsing_from_strings():
+    flag = Option("flag", bool, False, "a flag")
+    assert flag.parse("yes") is True and flag.parse("0") is False
+    with pytest.raises(OptionError):
+        flag.parse("maybe")
+    assert registry.parse_options(["steps=2", "length-penalty = 0.6"]) == {
+        "steps": "2",
+        "length_penalty": "0.6",
+    }
+    with pytest.raises(OptionError, match="key=value"):
+        registry.parse_options(["steps"])
+    # the original interface still takes Python values and refuses unknown options
+    with pytest.raises(ValueError, match="no option"):
+        Refine(None, stepz=1)
+
+
+def test_teacher_decoders_without_a_teacher_say_how_to_supply_one(tiny_bundle_copy):
+    config = tiny_bundle_copy / "config.json"
+    meta = json.loads(config.read_text())
+    meta["teacher"] = None
+    config.write_text(json.dumps(meta))
+    shutil.move(tiny_bundle_copy / "teacher", tiny_bundle_copy.parent / "teacher")
+    for name in ("teacher-rescore", "beam"):
+        with pytest.raises(LanmtError, match="--teacher") as err:
+            Translator(tiny_bundle_copy, name)
+        assert "has none" in str(err.value) and "refine" in str(err.value)
+    # ... and --teacher supplies one
+    tr = Translator(tiny_bundle_copy, "beam", teacher=tiny_bundle_copy.parent / "teacher")
+    assert tr.translate(["red dog"])[0].translation == "hund rot"
+    # a Transformer bundle decodes with beam by default and refuses LaNMT decoders
+    teacher_dir = tiny_bundle_copy.parent / "teacher"
+    assert Translator(teacher_dir).name == "beam"
+    with pytest.raises(LanmtError, match="use --decoder beam"):
+        Translator(teacher_dir, "refine1")
+
+
+def test_postprocessing_drops_specials_and_collapses_repeats():
+    assert clean_ids([5, 5, 0, 6, 3, 6, 7, 7, 7, 2]) == [5, 6, 7]
+    assert clean_ids([5, 5, 6], collapse_repeats=False) == [5, 5, 6]
+    assert clean_ids([0, 1, 2, 3]) == []
