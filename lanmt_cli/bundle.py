@@ -12,15 +12,14 @@ checks files, format version and shapes, and says clearly what is wrong.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from lanmt_cli.config import config_from_dict, config_to_dict
 from lanmt_cli.errors import LanmtError
+from lanmt_cli.textio import atomic_dir
 
 FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"
@@ -97,17 +96,6 @@ def build_model(config):
     return {"transformer": Transformer, "lanmt": LaNMT}[config.kind](config)
 
 
-def _atomic_replace(tmp: Path, dest: Path) -> None:
-    """Move the finished folder `tmp` to `dest`, replacing an older one."""
-    if dest.exists():
-        old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
-        os.replace(dest, old)
-        os.replace(tmp, dest)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, dest)
-
-
 def save_bundle(
     path: str | Path,
     model,
@@ -123,9 +111,7 @@ def save_bundle(
     from safetensors.torch import save_file
 
     path = Path(path).resolve()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
-    try:
+    with atomic_dir(path) as tmp:
         state = {}
         seen: set[int] = set()
         for name, tensor in model.state_dict().items():
@@ -153,10 +139,6 @@ def save_bundle(
             shutil.copytree(teacher, tmp / "teacher")
             meta["teacher"] = "teacher"
         (tmp / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n")
-        _atomic_replace(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return path
 
 

@@ -34,6 +34,7 @@ from pathlib import Path
 from lanmt_cli import fetch
 from lanmt_cli.archive import NAME_RE, check_bundle, check_name, sha256_file, unpack
 from lanmt_cli.errors import LanmtError
+from lanmt_cli.textio import replace_dir
 
 SHIPPED_INDEX = Path(__file__).parent / "index.json"
 DEFAULT_MODEL_DIR = Path(__file__).parent / "models" / "default"
@@ -320,13 +321,7 @@ def _install_locked(archive: Path, name: str, record: dict) -> Path:
         bundle = unpack(archive, tmp)
         record_tmp = records / f".{name}.json.tmp"
         record_tmp.write_text(json.dumps({**record, "name": name}, indent=2) + "\n")
-        if dest.exists():
-            old = root / f".{name}.old-{os.getpid()}"
-            os.replace(dest, old)
-            os.replace(bundle, dest)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(bundle, dest)
+        replace_dir(bundle, dest)
         os.replace(record_tmp, records / f"{name}.json")
     except OSError as err:
         if _disk_full(err):

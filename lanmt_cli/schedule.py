@@ -1,0 +1,49 @@
+"""Small schedules and parsers used by training: learning rate, durations.
+
+The KL budget schedule lives with the model (`lanmt_cli.model.kl_budget`).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+from lanmt_cli.errors import LanmtError
+
+LR_SCHEDULES = ("inverse-sqrt", "constant")
+
+
+def learning_rate(step: int, peak: float, warmup: int, schedule: str = "inverse-sqrt") -> float:
+    """Learning rate of update number `step` (1-based).
+
+    Both schedules rise linearly to `peak` over `warmup` updates; then "inverse-sqrt"
+    decays as peak * sqrt(warmup / step) and "constant" stays at `peak`.
+    """
+    if schedule not in LR_SCHEDULES:
+        raise ValueError(f"unknown learning-rate schedule {schedule!r}")
+    step = max(step, 1)
+    if warmup > 0 and step < warmup:
+        return peak * step / warmup
+    if schedule == "constant" or warmup <= 0:
+        return peak
+    return peak * math.sqrt(warmup / step)
+
+
+_DURATION = re.compile(r"\s*(\d+(?:\.\d*)?)\s*([smhd]?)\s*")
+_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in '3600', '90s', '45m', '1.5h' or '2d'; a LanmtError for anything else."""
+    match = _DURATION.fullmatch(text)
+    if not match:
+        raise LanmtError(f"cannot read duration {text!r} (examples: 3600, 90m, 1.5h)")
+    return float(match.group(1)) * _SECONDS[match.group(2)]
+
+
+def format_duration(seconds: float) -> str:
+    """1:02:03 for hours, 2:03 below an hour."""
+    seconds = int(max(0, round(seconds)))
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"

@@ -1,0 +1,180 @@
+"""The training configuration: one typed dataclass, saved as JSON beside the checkpoints.
+
+Values come, in rising priority, from the dataclass defaults, the stage's defaults
+(`STAGE_DEFAULTS`), the saved configuration of the run being resumed, and the
+options given on the command line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lanmt_cli.errors import LanmtError
+
+TRAIN_STAGES = ("teacher", "lanmt", "finetune")  # the stages that train a model
+STAGES = ("teacher", "distill", "lanmt", "finetune")  # the whole recipe, in order
+MODEL_KIND = {"teacher": "transformer", "lanmt": "lanmt", "finetune": "lanmt"}
+AMP_MODES = ("auto", "bf16", "fp16", "off")
+CONFIG_FILE = "train_config.json"
+
+
+@dataclass
+class TrainConfig:
+    """Everything one training stage needs; plain JSON values only."""
+
+    stage: str  # teacher | lanmt | finetune
+    data: str  # prepared data directory (absolute)
+    out: str  # the stage's directory: checkpoints, log (absolute)
+    # model: architecture overrides of the config defaults, e.g. {"hidden": 512, "layers": 6}
+    model: dict[str, Any] = field(default_factory=dict)
+    init: str | None = None  # bundle whose weights start training (finetune: the LaNMT model)
+    teacher: str | None = None  # LaNMT: the teacher bundle copied into every checkpoint
+    train_split: str = "train"
+    valid_split: str = "valid"
+    # batches and updates
+    max_tokens: int = 4096  # padded tokens per batch per worker
+    accum: int = 1  # batches per update per worker (gradient accumulation)
+    lr: float = 7e-4  # peak learning rate
+    schedule: str = "inverse-sqrt"  # or "constant"
+    warmup: int = 4000  # updates of linear warm-up
+    betas: tuple[float, float] = (0.9, 0.98)
+    adam_eps: float = 1e-4
+    weight_decay: float = 0.0
+    clip_norm: float = 1.0  # gradient norm clipping; 0 = off
+    # how long: the first budget reached ends training
+    max_steps: int | None = None  # updates
+    epochs: float | None = None  # passes over the training data
+    max_time: float | None = None  # seconds of training, summed over resumed runs
+    # KL budget (LaNMT): `kl_budget` nats per source token, annealed to 0 over the second half
+    kl_budget: float = 1.0
+    kl_anneal: bool = True
+    # validation
+    valid_per_epoch: int = 4
+    valid_every: int | None = None  # updates; overrides valid_per_epoch
+    bleu: bool = True  # validation BLEU (one-shot for LaNMT, beam for the teacher)
+    valid_beam: int = 1  # teacher validation: 1 = greedy
+    bleu_sents: int = 0  # decode only the first N validation sentences; 0 = all
+    patience: int = 0  # stop after N validations without a better score; 0 = never
+    # running
+    seed: int = 1
+    amp: str = "auto"  # auto (bf16 or fp16 on GPU, off on CPU) | bf16 | fp16 | off
+    device: str = "auto"  # in-process runs: auto | cpu | cuda | cuda:N
+    threads: int = 0  # torch threads per worker; 0 = torch's default
+    max_bad_updates: int = 10  # stop after this many non-finite losses in a row
+    log_every: int = 50  # updates between training log records (also every 10 s)
+    resume: bool = False
+
+    def __post_init__(self) -> None:
+        self.betas = tuple(self.betas)  # JSON gives a list
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise LanmtError(f"unknown training options: {', '.join(unknown)}")
+        return cls(**data)
+
+    def check(self) -> TrainConfig:
+        """Raise a LanmtError naming the first option that makes no sense."""
+        from lanmt_cli.schedule import LR_SCHEDULES
+
+        if self.stage not in TRAIN_STAGES:
+            raise LanmtError(f"unknown training stage {self.stage!r}")
+        positive = {"max_tokens": self.max_tokens, "accum": self.accum, "lr": self.lr}
+        positive |= {"valid_per_epoch": self.valid_per_epoch, "log_every": self.log_every}
+        positive |= {"max_bad_updates": self.max_bad_updates, "valid_beam": self.valid_beam}
+        for name in ("max_steps", "epochs", "max_time", "valid_every"):
+            if getattr(self, name) is not None:
+                positive[name] = getattr(self, name)
+        for name, value in positive.items():
+            if value <= 0:
+                raise LanmtError(f"{name.replace('_', '-')} must be positive, got {value}")
+        for name in ("warmup", "clip_norm", "kl_budget", "weight_decay", "patience"):
+            if getattr(self, name) < 0:
+                raise LanmtError(f"{name.replace('_', '-')} must not be negative")
+        if self.schedule not in LR_SCHEDULES:
+            raise LanmtError(f"unknown schedule {self.schedule!r} ({', '.join(LR_SCHEDULES)})")
+        if self.amp not in AMP_MODES:
+            raise LanmtError(f"unknown --amp {self.amp!r} ({', '.join(AMP_MODES)})")
+        return self
+
+
+# What each stage does unless told otherwise. Finetune follows the reference
+# implementation: a fresh Adam at a constant 1e-4, one epoch, budget 0, validation
+# 20 times, the checkpoint with the best validation BLEU kept.
+STAGE_DEFAULTS: dict[str, dict[str, Any]] = {
+    "teacher": {"train_split": "train"},
+    "lanmt": {"train_split": "distill", "kl_budget": 1.0, "kl_anneal": True},
+    "finetune": {
+        "train_split": "distill",
+        "kl_budget": 0.0,
+        "kl_anneal": False,
+        "epochs": 1.0,
+        "lr": 1e-4,
+        "schedule": "constant",
+        "warmup": 0,
+        "valid_per_epoch": 20,
+    },
+}
+
+# Budget used when neither --max-steps nor --epochs is given (the reference's 100k updates).
+DEFAULT_MAX_STEPS = 100_000
+
+# Command-line names of architecture options and the config fields they set.
+MODEL_FIELDS = {
+    "transformer": {"layers": ("encoder_layers", "decoder_layers")},
+    "lanmt": {"layers": ("prior_layers", "decoder_layers")},
+}
+
+
+def model_config(kind: str, src_vocab: int, tgt_vocab: int, overrides: dict[str, Any]):
+    """A model config of `kind` for the vocabularies, with architecture overrides applied."""
+    from lanmt_cli.config import config_from_dict
+
+    return apply_model_overrides(
+        config_from_dict({"kind": kind, "src_vocab": src_vocab, "tgt_vocab": tgt_vocab}),
+        overrides,
+    )
+
+
+def apply_model_overrides(config, overrides: dict[str, Any]):
+    """Set fields of a model config; `layers` sets the main stacks; unknown names fail."""
+    values = {}
+    aliases = MODEL_FIELDS[config.kind]
+    names = {f.name for f in dataclasses.fields(config)}
+    for key, value in overrides.items():
+        if value is None:
+            continue
+        targets = aliases.get(key, (key,))
+        for target in targets:
+            if target not in names:
+                raise LanmtError(f"the {config.kind} model has no option {key!r}")
+            values[target] = value
+    return dataclasses.replace(config, **values)
+
+
+def save_config(config: TrainConfig) -> None:
+    path = Path(config.out) / CONFIG_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{CONFIG_FILE}.tmp")
+    tmp.write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+    tmp.replace(path)
+
+
+def saved_config(stage_dir: Path) -> dict[str, Any]:
+    """The options a stage directory was last trained with ({} when none)."""
+    path = Path(stage_dir) / CONFIG_FILE
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise LanmtError(f"{path}: unreadable ({err})") from None

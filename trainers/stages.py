@@ -1,0 +1,275 @@
+"""The recipe as plain functions: teacher, distillation, LaNMT, finetune.
+
+A run directory holds one folder per stage::
+
+    RUN/teacher/    best/ last/ train.jsonl train_config.json result.json [ray/]
+    RUN/distill/    chunks/ train.src train.distill.tgt result.json
+    RUN/lanmt/      best/ last/ teacher/ ...       (LaNMT with the KL budget annealed)
+    RUN/finetune/   best/ last/ ...                (budget 0; best/ is the final model)
+
+`best/` and `last/` are model bundles (`lanmt translate --model RUN/finetune/best`);
+`last/` also holds the training state that --resume continues from.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lanmt_cli.errors import LanmtError
+from trainers.config import (
+    MODEL_FIELDS,
+    MODEL_KIND,
+    STAGE_DEFAULTS,
+    STAGES,
+    TrainConfig,
+    save_config,
+    saved_config,
+)
+
+RESULT_FILE = "result.json"
+
+
+@dataclass
+class Launch:
+    """Where training runs: in this process, or on Ray Train workers."""
+
+    gpus: int | None = None  # GPU workers; None: one GPU in-process if there is one
+    workers: int = 0  # CPU workers (Ray) when there are no GPUs to use
+    ray_address: str | None = None  # join this Ray cluster ("auto", "HOST:6379")
+    use_ray: bool = False  # Ray even for one worker (failure handling)
+    max_failures: int = 3  # worker-group restarts Ray may make
+    show: bool = True  # the console display
+
+    @property
+    def ray(self) -> bool:
+        many = (self.gpus or 0) > 1 or self.workers > 1
+        return many or self.use_ray or self.ray_address is not None
+
+    @property
+    def num_workers(self) -> int:
+        return max(self.gpus or self.workers, 1)
+
+
+def _command(stage: str, run: Path, data: Path) -> str:
+    return f"lanmt train --stage {stage} --data {data} --out {run}"
+
+
+def stage_done(run: Path, stage: str) -> bool:
+    return (Path(run) / stage / RESULT_FILE).is_file()
+
+
+def _splits(data: Path) -> dict[str, Any]:
+    from lanmt_cli.data import read_meta
+
+    return read_meta(data)["splits"]
+
+
+def _guard(sdir: Path, stage: str, resume: bool, force: bool) -> None:
+    """An existing run of a stage is continued only with --resume, replaced with --force."""
+    started = sdir.is_dir() and any(
+        (sdir / name).exists() for name in ("last", "train.jsonl", "ray", "chunks")
+    )
+    if force and sdir.exists():
+        shutil.rmtree(sdir)
+    elif started and not resume:
+        raise LanmtError(
+            f"{sdir} already holds a {stage} run; add --resume to continue it "
+            "or --force to start again"
+        )
+
+
+def train_config(
+    run: Path,
+    stage: str,
+    data: Path,
+    options: dict[str, Any],
+    *,
+    resume: bool = False,
+    force: bool = False,
+) -> TrainConfig:
+    """The checked TrainConfig of a training stage; says which command makes a missing input."""
+    run, data = Path(run).resolve(), Path(data).resolve()
+    sdir = run / stage
+    saved = saved_config(sdir) if resume and not force else {}
+    defaults = TrainConfig(stage=stage, data="", out="").to_dict()
+    values = {**defaults, **STAGE_DEFAULTS[stage], **saved, **options}
+    values["model"] = {**saved.get("model", {}), **options.get("model", {})}
+    values.update(stage=stage, data=str(data), out=str(sdir), resume=resume)
+    splits = _splits(data)
+
+    if stage == "lanmt":
+        teacher = Path(values.get("teacher") or run / "teacher" / "best")
+        if not (teacher / "config.json").is_file():
+            raise LanmtError(
+                f"no teacher model at {teacher}; train it first with: "
+                + _command("teacher", run, data)
+            )
+        values["teacher"] = str(teacher.resolve())
+    if stage == "finetune":
+        init = Path(values.get("init") or run / "lanmt" / "last")
+        if not (init / "config.json").is_file():
+            raise LanmtError(
+                f"no LaNMT model at {init}; train it first with: " + _command("lanmt", run, data)
+            )
+        values["init"] = str(init.resolve())
+        before = saved_config(init.parent)  # the LaNMT stage's data and teacher
+        if "train_split" not in options and "train_split" in before:
+            values["train_split"] = before["train_split"]
+        if not values.get("teacher") and (init.parent / "teacher" / "config.json").is_file():
+            values["teacher"] = str(init.parent / "teacher")
+    for key in ("train_split", "valid_split"):
+        split = values[key]
+        if split not in splits:
+            if split == "distill":
+                raise LanmtError(
+                    f"{data} has no distilled training data (split 'distill'); make it with: "
+                    + _command("distill", run, data)
+                )
+            raise LanmtError(f"{data} has no split {split!r} (has: {', '.join(splits)})")
+    cfg = TrainConfig.from_dict(values).check()
+    if stage == "lanmt" and cfg.kl_anneal and cfg.max_time and not (cfg.max_steps or cfg.epochs):
+        raise LanmtError(
+            "the KL budget anneals over the update budget: give --max-steps or --epochs "
+            "as well as --max-time"
+        )
+    _guard(sdir, stage, resume, force)  # only once every input is there
+    if stage == "lanmt" and Path(cfg.teacher) != sdir / "teacher":
+        from trainers.checkpoint import copy_bundle
+
+        copy_bundle(Path(cfg.teacher), sdir / "teacher")  # a clean copy for every checkpoint
+        cfg.teacher = str(sdir / "teacher")
+    return cfg
+
+
+def train_stage(
+    run: Path,
+    stage: str,
+    data: Path,
+    options: dict[str, Any],
+    launch: Launch | None = None,
+    *,
+    resume: bool = False,
+    force: bool = False,
+    on_update=None,
+) -> dict[str, Any]:
+    """Train one stage to its end; return the run's summary (also in RUN/STAGE/result.json)."""
+    from trainers.display import follow
+    from trainers.loop import LOG_FILE, run_in_process
+
+    launch = launch or Launch()
+    cfg = train_config(run, stage, data, options, resume=resume, force=force)
+    if launch.gpus == 0 and not launch.ray:
+        cfg.device = "cpu"
+    save_config(cfg)
+    sdir = Path(cfg.out)
+    (sdir / RESULT_FILE).unlink(missing_ok=True)
+    with follow(sdir / LOG_FILE, show=launch.show):
+        if launch.ray:
+            from trainers.ray_runner import run_with_ray
+
+            result = run_with_ray(cfg, launch, on_update=on_update)
+        else:
+            result = run_in_process(cfg, on_update=on_update)
+    if result.get("error"):
+        raise LanmtError(result["error"])
+    result["model"] = str(sdir / "best")
+    (sdir / RESULT_FILE).write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def distill_stage(
+    run: Path,
+    data: Path,
+    *,
+    teacher: Path | None = None,
+    beam: int = 4,
+    length_penalty: float = 1.0,
+    max_tokens: int = 4096,
+    device: str = "auto",
+    threads: int = 0,
+    resume: bool = False,
+    force: bool = False,
+    show: bool = True,
+) -> dict[str, Any]:
+    """The teacher translates the training sources; the result becomes split `distill`."""
+    from trainers.display import counter
+    from trainers.distill import distill
+
+    run, data = Path(run).resolve(), Path(data).resolve()
+    teacher = Path(teacher or run / "teacher" / "best")
+    if not (teacher / "config.json").is_file():
+        raise LanmtError(
+            f"no teacher model at {teacher}; train it first with: " + _command("teacher", run, data)
+        )
+    sdir = run / "distill"
+    _guard(sdir, "distill", resume, force)
+    (sdir / RESULT_FILE).unlink(missing_ok=True)
+
+    def quiet(total, description, done=0):
+        return contextlib.nullcontext(lambda n: None)
+
+    return distill(
+        data, teacher, sdir, beam=beam, length_penalty=length_penalty, max_tokens=max_tokens,
+        device=device, threads=threads, show=counter if show else quiet,
+    )  # fmt: skip
+
+
+# In the whole recipe, finetune keeps its own schedule and budget.
+_FINETUNE_OWN = set(STAGE_DEFAULTS["finetune"]) | {"max_steps", "valid_every", "init"}
+
+
+def stage_options(stage: str, options: dict[str, Any]) -> dict[str, Any]:
+    """The shared options of `lanmt train` that apply to `stage` in the whole recipe."""
+    from lanmt_cli.config import CONFIGS
+
+    kind = MODEL_KIND[stage]
+    known = {f for f in CONFIGS[kind].__dataclass_fields__} | set(MODEL_FIELDS[kind])
+    out = {k: v for k, v in options.items() if not (stage == "finetune" and k in _FINETUNE_OWN)}
+    out["model"] = {k: v for k, v in options.get("model", {}).items() if k in known}
+    if stage == "teacher":
+        out.pop("teacher", None)
+    return out
+
+
+def run_recipe(
+    run: Path,
+    data: Path,
+    options: dict[str, Any],
+    launch: Launch,
+    distill_options: dict[str, Any],
+    *,
+    resume: bool = False,
+    force: bool = False,
+    say=print,
+) -> dict[str, Any]:
+    """All stages in order; finished stages are skipped. Returns the last stage's summary."""
+    result: dict[str, Any] = {}
+    for stage in STAGES:
+        if stage_done(run, stage) and not force:
+            say(f"{stage}: done already ({Path(run) / stage / RESULT_FILE}); skipping")
+            continue
+        say(f"{stage}: starting")
+        if stage == "distill":
+            result = distill_stage(
+                run, data, resume=resume, force=force, show=launch.show, **distill_options
+            )
+        else:
+            opts = stage_options(stage, options)
+            result = train_stage(run, stage, data, opts, launch, resume=resume, force=force)
+    return result
+
+
+__all__ = [
+    "Launch",
+    "train_config",
+    "train_stage",
+    "distill_stage",
+    "run_recipe",
+    "stage_done",
+    "stage_options",
+]
