@@ -15,7 +15,15 @@ from typing import Annotated
 
 import typer
 
-from lanmt_cli.commands.translate import Device
+from lanmt_cli.commands.options import (
+    BatchTokensOption,
+    Device,
+    DeviceOption,
+    ModelOption,
+    SeedOption,
+    TeacherOption,
+    ThreadsOption,
+)
 from lanmt_cli.errors import LanmtError
 
 DEFAULTS = "beam (the baseline), one-shot, refine1, latent-search, teacher-rescore"
@@ -81,12 +89,7 @@ def bench(
             "--langpair", metavar="SRC-TGT", help="Language pair of --test-set, e.g. en-de."
         ),
     ] = None,
-    model: Annotated[
-        str | None,
-        typer.Option(
-            "--model", "-m", metavar="NAME|DIR", help="Model folder or installed model name."
-        ),
-    ] = None,
+    model: ModelOption = None,
     decoder: Annotated[
         list[str] | None,
         typer.Option(
@@ -105,12 +108,7 @@ def bench(
             help="The decoder every speed-up is relative to (always measured, first).",
         ),
     ] = "beam",
-    teacher: Annotated[
-        str | None,
-        typer.Option(
-            "--teacher", help="Autoregressive teacher (folder or name) replacing the bundle's."
-        ),
-    ] = None,
+    teacher: TeacherOption = None,
     evaluate: Annotated[
         bool, typer.Option("--evaluate", help="Score the translations: BLEU, BLEU intl lc, chrF.")
     ] = False,
@@ -136,15 +134,10 @@ def bench(
             "--repeats", min=1, help="Batched runs of the whole set per decoder; the median counts."
         ),
     ] = 1,
-    batch_tokens: Annotated[
-        int,
-        typer.Option("--batch-tokens", min=1, help="Source tokens per batch, padding included."),
-    ] = 4096,
-    device: Annotated[Device, typer.Option("--device", help="Where to run.")] = Device.auto,
-    threads: Annotated[
-        int | None, typer.Option("--threads", min=1, help="CPU threads (default: torch's).")
-    ] = None,
-    seed: Annotated[int, typer.Option("--seed", help="Seed of the sampling decoders.")] = 0,
+    batch_tokens: BatchTokensOption = 4096,
+    device: DeviceOption = Device.auto,
+    threads: ThreadsOption = None,
+    seed: SeedOption = 0,
     json_file: Annotated[
         Path | None,
         typer.Option(

@@ -22,17 +22,20 @@ from typing import IO, Annotated
 
 import typer
 
+from lanmt_cli.commands.options import (
+    BatchTokensOption,
+    Device,
+    DeviceOption,
+    ModelOption,
+    SeedOption,
+    TeacherOption,
+    ThreadsOption,
+)
 from lanmt_cli.errors import LanmtError
 
 IDLE_SECONDS = 0.05  # a pause this long on a pipe flushes the window
 MAX_WARNINGS = 20
 _IDLE = object()  # "no input for a moment"
-
-
-class Device(str, Enum):
-    auto = "auto"
-    cpu = "cpu"
-    cuda = "cuda"
 
 
 class Format(str, Enum):
@@ -226,12 +229,7 @@ def translate(
     output: Annotated[
         str, typer.Option("--output", "-o", metavar="FILE", help="Output file; - is stdout.")
     ] = "-",
-    model: Annotated[
-        str | None,
-        typer.Option(
-            "--model", "-m", metavar="NAME|DIR", help="Model folder or installed model name."
-        ),
-    ] = None,
+    model: ModelOption = None,
     decoder: Annotated[
         str | None,
         typer.Option(
@@ -248,25 +246,11 @@ def translate(
             "--opt", metavar="KEY=VALUE", help="A decoder option, e.g. samples=20. Repeatable."
         ),
     ] = None,
-    teacher: Annotated[
-        str | None,
-        typer.Option(
-            "--teacher",
-            metavar="NAME|DIR",
-            help="Autoregressive teacher (folder or name) replacing the bundle's.",
-        ),
-    ] = None,
-    device: Annotated[Device, typer.Option("--device", help="Where to run.")] = Device.auto,
-    threads: Annotated[
-        int | None, typer.Option("--threads", min=1, help="CPU threads (default: torch's).")
-    ] = None,
-    seed: Annotated[
-        int, typer.Option("--seed", help="Seed of the sampling decoders (latent search).")
-    ] = 0,
-    batch_tokens: Annotated[
-        int,
-        typer.Option("--batch-tokens", min=1, help="Source tokens per batch, padding included."),
-    ] = 4096,
+    teacher: TeacherOption = None,
+    device: DeviceOption = Device.auto,
+    threads: ThreadsOption = None,
+    seed: SeedOption = 0,
+    batch_tokens: BatchTokensOption = 4096,
     window: Annotated[
         int,
         typer.Option(

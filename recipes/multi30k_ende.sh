@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# The embedded English-German model, trained end to end with lanmt's own commands on Multi30k
+# (29,000 training pairs; `val` selects checkpoints; `test_2016_flickr` is for reporting only).
+#
+#   recipes/multi30k_ende.sh [MULTI30K_DIR] [WORK_DIR]
+#
+# Every stage keeps checkpoints in WORK_DIR/run/<stage>/; rerunning the script resumes where it
+# stopped (finished stages are skipped). Budgets are wall-clock limits sized for a 2-core CPU
+# machine; on a GPU raise --epochs and drop --max-time.
+set -euo pipefail
+DATA=${1:-../shared/data/multi30k}
+WORK=${2:-work/multi30k-ende}
+THREADS=${THREADS:-2}
+TEACHER_TIME=${TEACHER_TIME:-50m}
+LANMT_STEPS=${LANMT_STEPS:-600}
+mkdir -p "$WORK"
+
+# 1. SentencePiece (joint 8k unigram) and binarized data
+[ -d "$WORK/data" ] || lanmt prepare \
+  --train-src "$DATA/train.en.gz" --train-tgt "$DATA/train.de.gz" \
+  --valid-src "$DATA/val.en.gz" --valid-tgt "$DATA/val.de.gz" \
+  --test "test2016=$DATA/test_2016_flickr.en.gz,$DATA/test_2016_flickr.de.gz" \
+  --vocab-size 8000 --joint --src-lang en --tgt-lang de --max-len 80 --out "$WORK/data"
+
+resume() { [ -d "$WORK/run/$1/last" ] && echo --resume || true; }
+finished() { [ -f "$WORK/run/$1/result.json" ]; }
+
+# 2. the autoregressive teacher (Transformer, 256 wide, 3+3 layers)
+finished teacher || lanmt train --stage teacher --data "$WORK/data" --out "$WORK/run" \
+  --threads "$THREADS" --hidden 256 --layers 3 --heads 4 --ffn 1024 --dropout 0.2 \
+  --max-tokens 4096 --lr 1e-3 --warmup 400 --epochs 40 --max-time "$TEACHER_TIME" \
+  --valid-per-epoch 1 --bleu-sents 300 --valid-beam 1 $(resume teacher)
+
+# 3. distillation: the teacher beam-translates the training sources
+finished distill || lanmt train --stage distill --data "$WORK/data" --out "$WORK/run" \
+  --threads "$THREADS" --beam 4
+
+# 4. LaNMT on the distilled targets; KL budget 1, annealed to 0 over the second half
+finished lanmt || lanmt train --stage lanmt --data "$WORK/data" --out "$WORK/run" \
+  --threads "$THREADS" --hidden 256 --layers 3 --heads 4 --ffn 1024 --latent-dim 8 \
+  --dropout 0.1 --max-tokens 4096 --lr 1e-3 --warmup 300 --max-steps "$LANMT_STEPS" \
+  --valid-per-epoch 1 --bleu-sents 300 $(resume lanmt)
+
+# 5. finetune one epoch with budget 0, keeping the best validation BLEU
+finished finetune || lanmt train --stage finetune --data "$WORK/data" --out "$WORK/run" \
+  --threads "$THREADS" --valid-per-epoch 4 --bleu-sents 300 $(resume finetune)
+
+# 6. the results table on test_2016_flickr, then the shipped (half-precision) bundle
+lanmt bench --model "$WORK/run/finetune/best" \
+  --src "$DATA/test_2016_flickr.en.gz" --ref "$DATA/test_2016_flickr.de.gz" --evaluate \
+  --latency-sentences 200 --threads "$THREADS" --json "$WORK/bench.json" --markdown \
+  | tee "$WORK/bench.md"
