@@ -13,6 +13,10 @@ WORK=${2:-work/multi30k-ende}
 THREADS=${THREADS:-2}
 TEACHER_TIME=${TEACHER_TIME:-50m}
 LANMT_STEPS=${LANMT_STEPS:-600}
+LANMT_WARMUP=${LANMT_WARMUP:-300}
+DISTILL_BEAM=${DISTILL_BEAM:-4}
+FINETUNE_TIME=${FINETUNE_TIME:-1h}
+LATENCY_SENTENCES=${LATENCY_SENTENCES:-200}
 mkdir -p "$WORK"
 
 # 1. SentencePiece (joint 8k unigram) and binarized data
@@ -33,20 +37,24 @@ finished teacher || lanmt train --stage teacher --data "$WORK/data" --out "$WORK
 
 # 3. distillation: the teacher beam-translates the training sources
 finished distill || lanmt train --stage distill --data "$WORK/data" --out "$WORK/run" \
-  --threads "$THREADS" --beam 4
+  --threads "$THREADS" --beam "$DISTILL_BEAM"
 
 # 4. LaNMT on the distilled targets; KL budget 1, annealed to 0 over the second half
 finished lanmt || lanmt train --stage lanmt --data "$WORK/data" --out "$WORK/run" \
   --threads "$THREADS" --hidden 256 --layers 3 --heads 4 --ffn 1024 --latent-dim 8 \
-  --dropout 0.1 --max-tokens 4096 --lr 1e-3 --warmup 300 --max-steps "$LANMT_STEPS" \
+  --dropout 0.1 --max-tokens 4096 --lr 1e-3 --warmup "$LANMT_WARMUP" --max-steps "$LANMT_STEPS" \
   --valid-per-epoch 1 --bleu-sents 300 $(resume lanmt)
 
 # 5. finetune one epoch with budget 0, keeping the best validation BLEU
 finished finetune || lanmt train --stage finetune --data "$WORK/data" --out "$WORK/run" \
-  --threads "$THREADS" --valid-per-epoch 4 --bleu-sents 300 $(resume finetune)
+  --threads "$THREADS" --valid-per-epoch 4 --bleu-sents 300 --max-time "$FINETUNE_TIME" \
+  $(resume finetune)
 
 # 6. the results table on test_2016_flickr, then the shipped (half-precision) bundle
 lanmt bench --model "$WORK/run/finetune/best" \
   --src "$DATA/test_2016_flickr.en.gz" --ref "$DATA/test_2016_flickr.de.gz" --evaluate \
-  --latency-sentences 200 --threads "$THREADS" --json "$WORK/bench.json" --markdown \
+  --latency-sentences "$LATENCY_SENTENCES" --threads "$THREADS" --json "$WORK/bench.json" --markdown \
   | tee "$WORK/bench.md"
+
+# 7. the embedded default model (half precision, LaNMT plus its teacher)
+python "$(dirname "$0")/ship_default.py" "$WORK/run/finetune/best"
