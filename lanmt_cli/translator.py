@@ -25,6 +25,7 @@ from decoders import registry
 from decoders.base import Decoder, Output, content_seed
 from lanmt_cli.bundle import Bundle, load_bundle
 from lanmt_cli.config import PAD
+from lanmt_cli.devices import pick_device
 from lanmt_cli.errors import LanmtError
 from lanmt_cli.postprocess import detokenize
 
@@ -46,19 +47,6 @@ class Result:
         d = asdict(self)
         d["candidates"] = [{"translation": t, "score": s} for t, s in self.candidates]
         return d
-
-
-def pick_device(device: str) -> str:
-    """`auto` -> cuda if available, else cpu; `cuda` without a GPU is an error."""
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        kind = torch.device(device).type
-    except (RuntimeError, ValueError):
-        raise LanmtError(f"unknown device {device!r}; use auto, cpu or cuda") from None
-    if kind == "cuda" and not torch.cuda.is_available():
-        raise LanmtError("--device cuda: no CUDA GPU is available here; use --device cpu")
-    return device
 
 
 def _load(spec: str | Path | Bundle, device: str) -> Bundle:

@@ -61,14 +61,14 @@ def distill(
 
     from lanmt_cli.bundle import load_bundle
     from lanmt_cli.data import Corpus, binarize_split, read_meta, token_batches
+    from lanmt_cli.devices import pick_device
     from lanmt_cli.search import beam_search
     from lanmt_cli.textio import atomic_file
     from trainers.validate import split_text
 
     if threads:
         torch.set_num_threads(threads)
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = pick_device(device)
     data_dir, out = Path(data_dir).resolve(), Path(out).resolve()
     teacher = load_bundle(teacher_dir, device=device)
     if teacher.kind != "transformer":

@@ -23,6 +23,7 @@ import torch.distributed as dist
 from lanmt_cli.bundle import WEIGHTS_FILE, build_model, load_weights, read_config
 from lanmt_cli.config import config_from_dict
 from lanmt_cli.data import Corpus, read_meta, token_batches
+from lanmt_cli.devices import pick_device
 from lanmt_cli.errors import LanmtError
 from lanmt_cli.model import count_parameters, kl_budget
 from lanmt_cli.schedule import learning_rate
@@ -61,11 +62,7 @@ class Worker:
     world_size = 1
 
     def __init__(self, device: str = "auto"):
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        if device.startswith("cuda") and not torch.cuda.is_available():
-            raise LanmtError("--device cuda: no GPU is available to torch on this machine")
-        self.device = torch.device(device)
+        self.device = torch.device(pick_device(device))
 
     def restart_checkpoint(self) -> contextlib.AbstractContextManager[Path | None]:
         """The checkpoint a restarted worker group continues from (Ray only)."""

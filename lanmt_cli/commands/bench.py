@@ -188,8 +188,8 @@ def bench(
     import torch
 
     from lanmt_cli.bundle import load_bundle
+    from lanmt_cli.devices import pick_device
     from lanmt_cli.hub import resolve_model
-    from lanmt_cli.translator import pick_device
 
     if threads:
         torch.set_num_threads(threads)
