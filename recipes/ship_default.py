@@ -1,22 +1,32 @@
-"""Store a trained LaNMT bundle (and its teacher) in half precision as the embedded default model.
+"""Store a trained LaNMT bundle and its teacher in half precision as the embedded default model.
 
-python recipes/ship_default.py RUN/finetune/best [lanmt_cli/models/default]
+python recipes/ship_default.py RUN/finetune/best [--teacher RUN/teacher/best] [--out DIR]
+
+--teacher replaces the teacher kept in the LaNMT bundle (e.g. one trained for longer);
+both must share the tokenizer. DIR defaults to lanmt_cli/models/default.
 """
 
 from __future__ import annotations
 
-import sys
+import argparse
 import tempfile
 from pathlib import Path
 
 from lanmt_cli.bundle import load_bundle, save_bundle
 
+HERE = Path(__file__).resolve().parent.parent
 
-def ship(src: Path, dest: Path) -> None:
+
+def ship(src: Path, dest: Path, teacher_dir: Path | None = None) -> None:
     bundle = load_bundle(src)
-    teacher = bundle.teacher()
+    teacher = load_bundle(teacher_dir) if teacher_dir else bundle.teacher()
     if teacher is None:
-        raise SystemExit(f"{src}: no teacher in this bundle")
+        raise SystemExit(f"{src}: no teacher in this bundle; give --teacher")
+    if teacher_dir and any(
+        (teacher_dir / name).read_bytes() != (src / name).read_bytes()
+        for name in bundle.tokenizer.files()
+    ):
+        raise SystemExit(f"{teacher_dir}: its tokenizer differs from that of {src}")
     info = {**bundle.meta.get("info", {}), "recipe": "recipes/multi30k_ende.sh"}
     with tempfile.TemporaryDirectory() as tmp:
         half_teacher = save_bundle(
@@ -32,8 +42,9 @@ def ship(src: Path, dest: Path) -> None:
 
 
 if __name__ == "__main__":
-    here = Path(__file__).resolve().parent.parent
-    ship(
-        Path(sys.argv[1]),
-        Path(sys.argv[2]) if len(sys.argv) > 2 else here / "lanmt_cli/models/default",
-    )
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("model", type=Path, help="the LaNMT bundle (with teacher/)")
+    parser.add_argument("--teacher", type=Path, help="a teacher bundle to ship instead")
+    parser.add_argument("--out", type=Path, default=HERE / "lanmt_cli/models/default")
+    args = parser.parse_args()
+    ship(args.model, args.out, args.teacher)

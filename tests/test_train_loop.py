@@ -253,3 +253,29 @@ def test_schedules():
     assert learning_rate(40, 1e-3, 10) == pytest.approx(5e-4)  # sqrt(10 / 40)
     assert learning_rate(40, 1e-4, 0, "constant") == 1e-4
     assert [parse_duration(t) for t in ("90", "2m", "1.5h")] == [90, 120, 5400]
+
+
+def test_teacher_init_starts_lanmt_from_the_teachers_weights(data_dir, teacher_run, tmp_path):
+    teacher_dir = teacher_run / "teacher" / "best"
+    opts = {**FAST, "train_split": "train", "max_steps": 1, "lr": 1e-9, "warmup": 0}
+    opts |= {"teacher": str(teacher_dir), "teacher_init": True, "bleu": False}
+    train_stage(tmp_path / "run", "lanmt", data_dir, opts, QUIET)
+    teacher = load_file(str(teacher_dir / "model.safetensors"))
+    lanmt = load_file(str(tmp_path / "run" / "lanmt" / "last" / "model.safetensors"))
+    pairs = {
+        "src_embed.tokens.weight": "x_embed.tokens.weight",
+        "encoder.layers.0.self_attn.q.weight": "prior_encoder.layers.0.self_attn.q.weight",
+        "decoder.layers.0.cross_attn.v.weight": "decoder.layers.0.cross_attn.v.weight",
+        "decoder.norm.weight": "decoder.norm.weight",
+    }
+    for mine, theirs in pairs.items():  # one update at lr 1e-9 leaves them (nearly) equal
+        torch.testing.assert_close(lanmt[theirs], teacher[mine], atol=1e-6, rtol=0)
+    # without it the weights are fresh
+    opts["teacher_init"] = False
+    train_stage(tmp_path / "fresh", "lanmt", data_dir, opts, QUIET)
+    fresh = load_file(str(tmp_path / "fresh" / "lanmt" / "last" / "model.safetensors"))
+    assert not torch.allclose(fresh["x_embed.tokens.weight"], teacher["src_embed.tokens.weight"])
+    # a teacher of another size cannot start the model
+    wide = {**opts, "teacher_init": True, "model": {**TINY, "hidden": 48}}
+    with pytest.raises(LanmtError, match="same sizes"):
+        train_stage(tmp_path / "wide", "lanmt", data_dir, wide, QUIET)

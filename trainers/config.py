@@ -33,6 +33,7 @@ class TrainConfig:
     model: dict[str, Any] = field(default_factory=dict)
     init: str | None = None  # bundle whose weights start training (finetune: the LaNMT model)
     teacher: str | None = None  # LaNMT: the teacher bundle copied into every checkpoint
+    teacher_init: bool = False  # LaNMT: start from the teacher's weights (trainers/warm_start.py)
     train_split: str = "train"
     valid_split: str = "valid"
     # batches and updates

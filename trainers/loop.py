@@ -20,7 +20,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from lanmt_cli.bundle import WEIGHTS_FILE, build_model, load_weights, read_config
+from lanmt_cli.bundle import WEIGHTS_FILE, build_model, load_bundle, load_weights, read_config
 from lanmt_cli.config import config_from_dict
 from lanmt_cli.data import Corpus, read_meta, token_batches
 from lanmt_cli.devices import pick_device
@@ -44,6 +44,7 @@ from trainers.config import (
     model_config,
 )
 from trainers.validate import MetricSums, bleu_score, split_text, translate_ids, valid_metrics
+from trainers.warm_start import init_from_teacher
 
 LOG_FILE = "train.jsonl"
 LOG_SECONDS = 10.0  # a training record at least this often
@@ -207,6 +208,8 @@ class Trainer:
         model = build_model(config)
         if source is not None:
             load_weights(model, Path(source) / WEIGHTS_FILE)
+        elif self.cfg.stage == "lanmt" and self.cfg.teacher_init:
+            init_from_teacher(model, load_bundle(self.cfg.teacher).model)
         return model
 
     def _restore(self, state: TrainingState) -> None:

@@ -63,6 +63,11 @@ def train(
     valid_split: str = typer.Option(None, help="Validation split [valid]."),
     teacher: Path = typer.Option(None, help="Teacher bundle [OUT/teacher/best]."),
     init: Path = typer.Option(None, help="Bundle to start from [finetune: OUT/lanmt/last]."),
+    teacher_init: bool = typer.Option(
+        None,
+        "--teacher-init/--no-teacher-init",
+        help="LaNMT: start embeddings, encoder, decoder and output from the teacher [off].",
+    ),
     # validation
     valid_per_epoch: int = typer.Option(None, help="Validations per epoch [4; finetune 20]."),
     valid_every: int = typer.Option(None, help="Validate every N updates instead."),
@@ -105,7 +110,7 @@ def train(
         "valid_beam": valid_beam, "patience": patience, "log_every": log_every,
         "amp": amp, "device": device, "threads": threads,
         "teacher": str(teacher.resolve()) if teacher else None,
-        "init": str(init.resolve()) if init else None,
+        "init": str(init.resolve()) if init else None, "teacher_init": teacher_init,
     }  # fmt: skip
     options = {k: v for k, v in given.items() if v is not None}
     model = {
