@@ -17,6 +17,11 @@ from lanmt_cli.bundle import load_bundle, save_bundle
 HERE = Path(__file__).resolve().parent.parent
 
 
+def public(info: dict) -> dict:
+    """Training facts without this machine's paths."""
+    return {**{k: v for k, v in info.items() if k != "data"}, "data": "Multi30k en-de"}
+
+
 def ship(src: Path, dest: Path, teacher_dir: Path | None = None) -> None:
     bundle = load_bundle(src)
     teacher = load_bundle(teacher_dir) if teacher_dir else bundle.teacher()
@@ -27,11 +32,12 @@ def ship(src: Path, dest: Path, teacher_dir: Path | None = None) -> None:
         for name in bundle.tokenizer.files()
     ):
         raise SystemExit(f"{teacher_dir}: its tokenizer differs from that of {src}")
-    info = {**bundle.meta.get("info", {}), "recipe": "recipes/multi30k_ende.sh"}
+    info = {**public(bundle.meta.get("info", {})), "recipe": "recipes/multi30k_ende.sh"}
     with tempfile.TemporaryDirectory() as tmp:
         half_teacher = save_bundle(
             Path(tmp) / "teacher", teacher.model, teacher.tokenizer,
-            languages=teacher.meta["languages"], info=teacher.meta.get("info"), half=True,
+            languages=teacher.meta["languages"], info=public(teacher.meta.get("info", {})),
+            half=True,
         )  # fmt: skip
         save_bundle(
             dest, bundle.model, bundle.tokenizer, teacher=half_teacher,
