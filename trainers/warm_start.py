@@ -23,6 +23,14 @@ TEACHER_TO_LANMT = {
 }
 
 
+def lanmt_name(teacher_name: str) -> str | None:
+    """The LaNMT parameter that a teacher parameter starts, or None."""
+    for src, dst in TEACHER_TO_LANMT.items():
+        if teacher_name.startswith(src):
+            return dst + teacher_name[len(src) :]
+    return None
+
+
 @torch.no_grad()
 def init_from_teacher(lanmt: nn.Module, teacher: nn.Module) -> list[str]:
     """Copy every mapped teacher weight into `lanmt`; return the LaNMT names copied.
@@ -32,20 +40,16 @@ def init_from_teacher(lanmt: nn.Module, teacher: nn.Module) -> list[str]:
     target = dict(lanmt.named_parameters())
     copied = []
     for name, weight in teacher.state_dict().items():
-        for src, dst in TEACHER_TO_LANMT.items():
-            if not name.startswith(src):
-                continue
-            mine = dst + name[len(src) :]
-            if mine not in target:
-                break
-            if target[mine].shape != weight.shape:
-                raise LanmtError(
-                    f"cannot start LaNMT from the teacher: {name} is {tuple(weight.shape)}, "
-                    f"{mine} is {tuple(target[mine].shape)}; give both models the same sizes"
-                )
-            target[mine].copy_(weight)
-            copied.append(mine)
-            break
+        mine = lanmt_name(name)
+        if mine not in target:
+            continue
+        if target[mine].shape != weight.shape:
+            raise LanmtError(
+                f"cannot start LaNMT from the teacher: {name} is {tuple(weight.shape)}, "
+                f"{mine} is {tuple(target[mine].shape)}; give both models the same sizes"
+            )
+        target[mine].copy_(weight)
+        copied.append(mine)
     if "project.bias" in target and "project.weight" in copied:
         target["project.bias"].zero_()  # the teacher's projection has no bias
     return copied
