@@ -7,6 +7,7 @@ Spec: shared/docs/LANMT.md.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -52,14 +53,31 @@ def gaussian_kl(q: Gaussian, p: Gaussian) -> Tensor:
     return 0.5 * (var_ratio + mean_term - 1.0 - var_ratio.log()).sum(-1)
 
 
-def kl_budget(step: int, total_steps: int, budget: float = 1.0, anneal: bool = True) -> float:
-    """Free-bits budget: `budget` for the first half of training, then linearly down to 0."""
+def kl_budget(
+    step: int, total_steps: int, budget: float = 1.0, anneal: bool = True, floor: float = 0.0
+) -> float:
+    """Free-bits budget: `budget` for the first half of training, then linearly to `floor`."""
     if not anneal or total_steps <= 0:
         return budget
     half = total_steps / 2
     if step <= half:
         return budget
-    return budget * max(0.0, 1.0 - (step - half) / half)
+    return floor + (budget - floor) * max(0.0, 1.0 - (step - half) / half)
+
+
+# Both latent heads start as the same near-standard Gaussian, whatever the states: KL starts
+# near 0 instead of spiking (a spike inflates sigma and teaches the decoder to ignore z).
+LATENT_INIT_STD = 1.0
+LATENT_INIT_WEIGHT = 0.01
+
+
+@torch.no_grad()
+def init_latent_head(head: nn.Linear) -> None:
+    """Small weights, mean bias 0, std bias so that softplus(bias) = LATENT_INIT_STD."""
+    d = head.out_features // 2
+    head.weight.normal_(0.0, LATENT_INIT_WEIGHT)
+    head.bias[:d].zero_()
+    head.bias[d:].fill_(math.log(math.expm1(LATENT_INIT_STD)))
 
 
 def length_weights(x_valid: Tensor, y_lengths: Tensor, ly: int, sigma: Tensor) -> Tensor:
@@ -93,6 +111,8 @@ class LaNMT(nn.Module):
             c.posterior_cross_layers, h, c.heads, c.ffn, c.dropout, cross=True
         )
         self.posterior_head = nn.Linear(h, 2 * d)
+        for head in (self.prior_head, self.posterior_head):
+            init_latent_head(head)
         # z (D) -> H, used everywhere z enters the network
         self.latent_proj = nn.Linear(d, h)
         # p(Ly - Lx | z, x)
@@ -160,7 +180,11 @@ class LaNMT(nn.Module):
     def forward(
         self, src: Tensor, tgt: Tensor, kl_budget: float = 1.0, **_
     ) -> tuple[Tensor, dict[str, Tensor]]:
-        """Negative ELBO with free bits, per target token, plus the length loss; and metrics."""
+        """Negative ELBO with free bits, divided by the target tokens; and metrics.
+
+        Per sentence: -log p(y|z,x) summed over tokens, -log p(Ly|z,x) once, and the clamped
+        KL summed over source tokens; the batch's sum is divided by its target tokens.
+        """
         c = self.config
         source = self.encode_source(src)
         prior = self.prior(source)
@@ -177,7 +201,7 @@ class LaNMT(nn.Module):
         len_target = (y_len - source.lengths).clamp(-c.length_window, c.length_window - 1)
         len_target = len_target + c.length_window
         len_logits = self.length_logits(source, z)
-        len_loss = F.cross_entropy(len_logits.float(), len_target)
+        len_loss_sum = F.cross_entropy(len_logits.float(), len_target, reduction="sum")
         len_acc = (len_logits.argmax(-1) == len_target).float().mean()
 
         # reconstruction, every target position at once given the true length
@@ -186,17 +210,19 @@ class LaNMT(nn.Module):
         loss_sum, nll_sum = smoothed_nll(logits, tgt, y_valid, c.label_smoothing)
         correct = ((logits.argmax(-1) == tgt) & y_valid).sum()
 
-        loss = (loss_sum + kl_used.sum()) / ntok + len_loss
+        loss = (loss_sum + len_loss_sum + kl_used.sum()) / ntok
         nsrc = source.valid.sum()
         metrics = {
             "loss": loss.detach(),
             "nll": nll_sum.detach() / ntok,
             "word_acc": correct.float() / ntok,
-            "len_loss": len_loss.detach(),
+            "len_loss": len_loss_sum.detach() / src.size(0),
             "len_acc": len_acc,
             "KL_budget": torch.tensor(float(kl_budget)),
             "kl": kl.sum().detach() / src.size(0),  # per sentence
             "tok_kl": kl.sum().detach() / nsrc,  # per source token
+            "prior_sigma": (prior.std.mean(-1) * source.valid).sum().detach() / nsrc,
+            "post_sigma": (post.std.mean(-1) * source.valid).sum().detach() / nsrc,
             "ntokens": ntok.float(),
         }
         return loss, metrics

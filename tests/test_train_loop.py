@@ -113,18 +113,25 @@ def test_interrupted_and_resumed_run_matches_an_uninterrupted_one(data_dir, tmp_
 
 def test_kl_budget_follows_the_schedule_and_finetune_uses_zero(data_dir, teacher_run):
     lanmt = {**FAST, "train_split": "train", "max_steps": 12, "valid_every": 6, "log_every": 1}
+    lanmt["kl_floor"] = 0.25
     train_stage(teacher_run, "lanmt", data_dir, lanmt, QUIET)
     sdir = teacher_run / "lanmt"
     train = records(sdir, "train")
     assert [r["step"] for r in train] == list(range(1, 13))
     for r in train:
-        assert r["KL_budget"] == pytest.approx(kl_budget(r["step"], 12, 1.0, True))
-    assert train[0]["KL_budget"] == 1.0 and train[-1]["KL_budget"] == 0.0
+        assert r["KL_budget"] == pytest.approx(kl_budget(r["step"], 12, 1.0, True, 0.25))
+    assert train[0]["KL_budget"] == 1.0 and train[-1]["KL_budget"] == 0.25
     valid = records(sdir, "valid")
     assert {"len_loss", "len_acc", "loss", "word_acc", "KL_budget", "kl", "tok_kl", "nll"} <= set(
         valid[0]
     )
-    assert "bleu" in valid[0]
+    # is the latent alive? and best/ is chosen by refine1 (the --select default)
+    latent = {"acc_post", "acc_prior", "latent_gain", "prior_sigma", "post_sigma"}
+    latent |= {"repeat_rate", "bleu_one_shot", "bleu_refine1", "bleu_oracle"}
+    assert latent <= set(valid[0])
+    for r in valid:
+        assert r["bleu"] == r["bleu_refine1"]
+        assert r["latent_gain"] == pytest.approx(r["acc_post"] - r["acc_prior"])
     assert load_bundle(sdir / "last").teacher().kind == "transformer"
 
     finetune = {"max_tokens": 2048, "valid_per_epoch": 2, "bleu_sents": 20, "log_every": 1}
@@ -258,7 +265,7 @@ def test_schedules():
 def test_teacher_init_starts_lanmt_from_the_teachers_weights(data_dir, teacher_run, tmp_path):
     teacher_dir = teacher_run / "teacher" / "best"
     opts = {**FAST, "train_split": "train", "max_steps": 1, "lr": 1e-9, "warmup": 0}
-    opts |= {"teacher": str(teacher_dir), "teacher_init": True, "bleu": False}
+    opts |= {"teacher": str(teacher_dir), "teacher_init": "all", "bleu": False}
     train_stage(tmp_path / "run", "lanmt", data_dir, opts, QUIET)
     teacher = load_file(str(teacher_dir / "model.safetensors"))
     lanmt = load_file(str(tmp_path / "run" / "lanmt" / "last" / "model.safetensors"))
@@ -270,12 +277,20 @@ def test_teacher_init_starts_lanmt_from_the_teachers_weights(data_dir, teacher_r
     }
     for mine, theirs in pairs.items():  # one update at lr 1e-9 leaves them (nearly) equal
         torch.testing.assert_close(lanmt[theirs], teacher[mine], atol=1e-6, rtol=0)
+    # "encoder": embeddings, encoder and output, but a fresh decoder that must read z
+    opts["teacher_init"] = "encoder"
+    train_stage(tmp_path / "enc", "lanmt", data_dir, opts, QUIET)
+    enc = load_file(str(tmp_path / "enc" / "lanmt" / "last" / "model.safetensors"))
+    for mine, theirs in list(pairs.items())[:2]:
+        torch.testing.assert_close(enc[theirs], teacher[mine], atol=1e-6, rtol=0)
+    name = "decoder.layers.0.cross_attn.v.weight"
+    assert not torch.allclose(enc[name], teacher[name], atol=1e-3)
     # without it the weights are fresh
-    opts["teacher_init"] = False
+    opts["teacher_init"] = "none"
     train_stage(tmp_path / "fresh", "lanmt", data_dir, opts, QUIET)
     fresh = load_file(str(tmp_path / "fresh" / "lanmt" / "last" / "model.safetensors"))
     assert not torch.allclose(fresh["x_embed.tokens.weight"], teacher["src_embed.tokens.weight"])
     # a teacher of another size cannot start the model
-    wide = {**opts, "teacher_init": True, "model": {**TINY, "hidden": 48}}
+    wide = {**opts, "teacher_init": "all", "model": {**TINY, "hidden": 48}}
     with pytest.raises(LanmtError, match="same sizes"):
         train_stage(tmp_path / "wide", "lanmt", data_dir, wide, QUIET)

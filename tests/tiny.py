@@ -41,17 +41,53 @@ def pad(seqs: list[list[int]]) -> torch.Tensor:
     return torch.tensor([list(s) + [PAD] * (width - len(s)) for s in seqs])
 
 
-def train(model, batches, steps: int, lr: float = 3e-3, lanmt: bool = False) -> list[float]:
-    """A minimal Adam loop over (src, tgt) tensor batches; returns the loss per step."""
-    from lanmt_cli.model import kl_budget
+def make_variant_task(
+    n: int, seed: int, words: int = 12, min_words: int = 2, max_words: int = 7
+) -> list[tuple[list[int], list[int]]]:
+    """A task with two right answers, as ids: z must carry which one.
 
+    Each source word (ids 4 .. 4+words-1) has two translations, variant 0 and variant 1; a
+    sentence uses one variant throughout, drawn at random, and reverses the word order. Word 0
+    becomes two tokens. A model that ignores z mixes the variants (the multimodality that
+    makes non-autoregressive translation hard); the latent can hold the choice.
+    """
+    rng = random.Random(seed)
+    pairs = []
+    for _ in range(n):
+        src: list[int] = []
+        n_words = rng.randint(min_words, max_words)
+        while len(src) < n_words:
+            src.append(rng.choice([w for w in range(words) if not src or w != src[-1]]))
+        variant = rng.randrange(2)
+        tgt: list[int] = []
+        for w in reversed(src):
+            tgt.append(4 + words * (1 + variant) + w)
+            if w == 0:
+                tgt.append(4 + 3 * words + variant)
+        pairs.append(([4 + w for w in src], tgt))
+    return pairs
+
+
+def train(model, batches, steps: int, lr: float = 3e-3, lanmt: bool = False) -> list[float]:
+    """A minimal Adam loop over (src, tgt) tensor batches; returns the loss per step.
+
+    LaNMT follows the KL budget schedule of `lanmt train`'s defaults, over `steps`.
+    """
+    from lanmt_cli.model import kl_budget
+    from trainers.config import STAGE_DEFAULTS, TrainConfig
+
+    recipe = TrainConfig(stage="lanmt", data="", out="", **STAGE_DEFAULTS["lanmt"])
     opt = torch.optim.Adam(model.parameters(), lr=lr, betas=(0.9, 0.98))
     warm = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 50))
     model.train()
     losses = []
     for step in range(steps):
         src, tgt = batches[step % len(batches)]
-        kw = {"kl_budget": kl_budget(step, steps)} if lanmt else {}
+        kw = {}
+        if lanmt:
+            kw["kl_budget"] = kl_budget(
+                step, steps, recipe.kl_budget, recipe.kl_anneal, recipe.kl_floor
+            )
         loss, _ = model(src, tgt, **kw)
         opt.zero_grad()
         loss.backward()

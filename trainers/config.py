@@ -33,7 +33,8 @@ class TrainConfig:
     model: dict[str, Any] = field(default_factory=dict)
     init: str | None = None  # bundle whose weights start training (finetune: the LaNMT model)
     teacher: str | None = None  # LaNMT: the teacher bundle copied into every checkpoint
-    teacher_init: bool = False  # LaNMT: start from the teacher's weights (trainers/warm_start.py)
+    # LaNMT: start parts from the teacher's weights (trainers/warm_start.py): none | encoder | all
+    teacher_init: str = "none"
     train_split: str = "train"
     valid_split: str = "valid"
     # batches and updates
@@ -50,13 +51,16 @@ class TrainConfig:
     max_steps: int | None = None  # updates
     epochs: float | None = None  # passes over the training data
     max_time: float | None = None  # seconds of training, summed over resumed runs
-    # KL budget (LaNMT): `kl_budget` nats per source token, annealed to 0 over the second half
+    # KL budget (LaNMT): `kl_budget` nats per source token, annealed to `kl_floor` over the
+    # second half
     kl_budget: float = 1.0
     kl_anneal: bool = True
+    kl_floor: float = 0.0
     # validation
     valid_per_epoch: int = 4
     valid_every: int | None = None  # updates; overrides valid_per_epoch
-    bleu: bool = True  # validation BLEU (one-shot for LaNMT, beam for the teacher)
+    bleu: bool = True  # validation BLEU (LaNMT: several decoders; the teacher: greedy or beam)
+    select: str = "refine1"  # LaNMT: the decoder whose validation BLEU picks `best`
     valid_beam: int = 1  # teacher validation: 1 = greedy
     bleu_sents: int = 0  # decode only the first N validation sentences; 0 = all
     patience: int = 0  # stop after N validations without a better score; 0 = never
@@ -71,6 +75,8 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         self.betas = tuple(self.betas)  # JSON gives a list
+        if isinstance(self.teacher_init, bool):  # saved before parts could be chosen
+            self.teacher_init = "all" if self.teacher_init else "none"
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -98,11 +104,23 @@ class TrainConfig:
         for name, value in positive.items():
             if value <= 0:
                 raise LanmtError(f"{name.replace('_', '-')} must be positive, got {value}")
-        for name in ("warmup", "clip_norm", "kl_budget", "weight_decay", "patience"):
+        for name in ("warmup", "clip_norm", "kl_budget", "kl_floor", "weight_decay", "patience"):
             if getattr(self, name) < 0:
                 raise LanmtError(f"{name.replace('_', '-')} must not be negative")
         if self.schedule not in LR_SCHEDULES:
             raise LanmtError(f"unknown schedule {self.schedule!r} ({', '.join(LR_SCHEDULES)})")
+        if self.kl_floor > self.kl_budget:
+            raise LanmtError(f"kl-floor {self.kl_floor} is above kl-budget {self.kl_budget}")
+        from trainers.warm_start import TEACHER_INIT_PARTS
+
+        if self.teacher_init not in TEACHER_INIT_PARTS:
+            choices = ", ".join(TEACHER_INIT_PARTS)
+            raise LanmtError(f"unknown --teacher-init {self.teacher_init!r} ({choices})")
+        if self.stage != "teacher" and self.bleu:
+            from decoders.registry import find
+
+            if find(self.select)[1].needs_teacher:
+                raise LanmtError(f"--select {self.select}: validation decodes without a teacher")
         if self.amp not in AMP_MODES:
             raise LanmtError(f"unknown --amp {self.amp!r} ({', '.join(AMP_MODES)})")
         return self
@@ -113,11 +131,13 @@ class TrainConfig:
 # 20 times, the checkpoint with the best validation BLEU kept.
 STAGE_DEFAULTS: dict[str, dict[str, Any]] = {
     "teacher": {"train_split": "train"},
-    "lanmt": {"train_split": "distill", "kl_budget": 1.0, "kl_anneal": True},
+    # The floor keeps the latent in use (recipes/README.md: the runs that chose it).
+    "lanmt": {"train_split": "distill", "kl_budget": 1.0, "kl_anneal": True, "kl_floor": 0.5},
     "finetune": {
         "train_split": "distill",
         "kl_budget": 0.0,
         "kl_anneal": False,
+        "kl_floor": 0.0,
         "epochs": 1.0,
         "lr": 1e-4,
         "schedule": "constant",

@@ -20,6 +20,11 @@ from lanmt_cli.schedule import format_duration
 
 # The seed's validation metrics, in its order; then BLEU.
 VALID_KEYS = ("len_loss", "len_acc", "loss", "word_acc", "KL_budget", "kl", "tok_kl", "nll")
+# Is the latent alive? (LaNMT only; trainers/validate.py)
+LATENT_KEYS = (
+    "acc_post", "acc_prior", "latent_gain", "prior_sigma", "post_sigma", "repeat_rate",
+    "bleu_one_shot", "bleu_refine1", "bleu_oracle",
+)  # fmt: skip
 TRAIN_KEYS = ("loss", "nll", "word_acc", "KL_budget", "tok_kl")
 
 
@@ -133,6 +138,8 @@ class TrainDisplay:
         bleu = f" | BLEU {r['bleu']:.2f}" if "bleu" in r else ""
         mark = " (best)" if r.get("best") else ""
         self.print(f"{r['stage']} valid {r['step']:,} | {_metrics(r, VALID_KEYS)}{bleu}{mark}")
+        if any(k in r for k in LATENT_KEYS):
+            self.print(f"  latent | {_metrics(r, LATENT_KEYS)}")
 
     def on_warning(self, r: dict[str, Any]) -> None:
         self.print(f"warning: {r['message']}", style="yellow")

@@ -43,7 +43,14 @@ from trainers.config import (
     apply_model_overrides,
     model_config,
 )
-from trainers.validate import MetricSums, bleu_score, split_text, translate_ids, valid_metrics
+from trainers.validate import (
+    MetricSums,
+    bleu_score,
+    lanmt_bleus,
+    split_text,
+    translate_ids,
+    valid_metrics,
+)
 from trainers.warm_start import init_from_teacher
 
 LOG_FILE = "train.jsonl"
@@ -208,8 +215,8 @@ class Trainer:
         model = build_model(config)
         if source is not None:
             load_weights(model, Path(source) / WEIGHTS_FILE)
-        elif self.cfg.stage == "lanmt" and self.cfg.teacher_init:
-            init_from_teacher(model, load_bundle(self.cfg.teacher).model)
+        elif self.cfg.stage == "lanmt" and self.cfg.teacher_init != "none":
+            init_from_teacher(model, load_bundle(self.cfg.teacher).model, self.cfg.teacher_init)
         return model
 
     def _restore(self, state: TrainingState) -> None:
@@ -255,7 +262,8 @@ class Trainer:
 
     def budget(self, step: int) -> float:
         """KL budget of update `step` (1-based)."""
-        return kl_budget(step, self.total_steps, self.cfg.kl_budget, self.cfg.kl_anneal)
+        cfg = self.cfg
+        return kl_budget(step, self.total_steps, cfg.kl_budget, cfg.kl_anneal, cfg.kl_floor)
 
     def elapsed(self) -> float:
         return self.elapsed_before + time.monotonic() - self.run_start
@@ -391,8 +399,20 @@ class Trainer:
             self.budget(max(self.pos.step, 1)),
         )
         metrics.pop("ntokens", None)
-        if cfg.bleu:
-            count = min(cfg.bleu_sents or len(self.valid), len(self.valid))
+        count = min(cfg.bleu_sents or len(self.valid), len(self.valid))
+        if cfg.bleu and self.model.config.kind == "lanmt":
+            metrics |= lanmt_bleus(
+                self.model,
+                self.valid,
+                count,
+                cfg.max_tokens,
+                self.device,
+                self.autocast,
+                self.tokenizer,
+                self.references,
+                cfg.select,
+            )
+        elif cfg.bleu:
             hyps = translate_ids(
                 self.model,
                 self.valid,

@@ -1,7 +1,8 @@
 """Validation: the model's own metrics on the validation split, and BLEU of its translations.
 
-LaNMT translates with the one-shot decoder (prior mean, one pass), the teacher with
-greedy or beam search; outputs are post-processed by `lanmt_cli.postprocess` and
+LaNMT translates with one-shot, refine1 and the decoder named by --select (whose BLEU picks
+the best checkpoint), and from the oracle posterior (is the latent alive?); the teacher
+with greedy or beam search. Outputs are post-processed by `lanmt_cli.postprocess` and
 scored with sacreBLEU against the split's original reference text.
 """
 
@@ -14,13 +15,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from lanmt_cli.config import PAD
 from lanmt_cli.data import Corpus, read_meta, token_batches
 from lanmt_cli.textio import read_lines
 
 # How each validation metric is averaged over batches: by target tokens (the default),
 # sentences or source tokens.
 PER_SENTENCE = {"kl", "len_loss", "len_acc"}
-PER_SOURCE_TOKEN = {"tok_kl"}
+PER_SOURCE_TOKEN = {"tok_kl", "prior_sigma", "post_sigma"}
 NOT_AVERAGED = {"ntokens", "KL_budget"}
 
 
@@ -83,7 +85,12 @@ class MetricSums:
 def valid_metrics(
     model, corpus: Corpus, max_tokens: int, device, autocast: Callable, kl_budget: float
 ) -> dict[str, float]:
-    """The model's metrics over the whole validation split (eval mode, no dropout)."""
+    """The model's metrics over the whole validation split (eval mode, no dropout).
+
+    For LaNMT also whether the decoder reads z: token accuracy at the true length from the
+    posterior mean (`acc_post`, the same as `word_acc` here) and from the prior mean
+    (`acc_prior`); their difference is `latent_gain`.
+    """
     was_training = model.training
     model.eval()
     sums = MetricSums()
@@ -93,36 +100,113 @@ def valid_metrics(
         src, tgt = (t.to(device) for t in corpus.collate(idx))
         with autocast():
             _, metrics = model(src, tgt, kl_budget=kl_budget)
+            if model.config.kind == "lanmt":
+                metrics["acc_prior"] = prior_accuracy(model, src, tgt)
         sums.add(metrics, src, tgt)
     model.train(was_training)
-    return sums.averages()
+    out = sums.averages()
+    if "acc_prior" in out:
+        out["acc_post"] = out["word_acc"]
+        out["latent_gain"] = out["acc_post"] - out["acc_prior"]
+    return out
+
+
+def prior_accuracy(model, src: torch.Tensor, tgt: torch.Tensor) -> torch.Tensor:
+    """Token accuracy of decoding at the true length from the prior mean."""
+    source = model.encode_source(src)
+    y_valid = tgt != PAD
+    logits = model.decode(source, model.prior(source).mean, y_valid.sum(1))  # (B, Ly, V)
+    return ((logits.argmax(-1) == tgt) & y_valid).sum() / y_valid.sum()
+
+
+# LaNMT validation decodes with these (name -> BLEU metric) besides the --select decoder.
+LANMT_VALID_DECODERS = {"one-shot": "bleu_one_shot", "refine1": "bleu_refine1"}
 
 
 @torch.no_grad()
-def translate_ids(
-    model, corpus: Corpus, count: int, max_tokens: int, device, autocast: Callable, beam: int = 1
+def decode_corpus(
+    model, corpus: Corpus, count: int, max_tokens: int, device, autocast: Callable, decode
 ) -> list[list[int]]:
-    """Output ids for the first `count` source sentences of `corpus`, in corpus order."""
-    from decoders.one_shot import OneShot
-    from lanmt_cli.search import beam_search, greedy_search
-
+    """`decode(src, tgt) -> token lists` over the first `count` pairs, in corpus order."""
     was_training = model.training
     model.eval()
     lengths = corpus.src_lengths[:count]
     out: list[list[int]] = [[] for _ in range(count)]
-    budget = max(1, max_tokens // beam) if model.config.kind == "transformer" else max_tokens
-    for idx in token_batches(lengths, lengths, budget, seed=0, epoch=0, shuffle=False):
-        src = corpus.collate(idx)[0].to(device)
+    for idx in token_batches(lengths, lengths, max_tokens, seed=0, epoch=0, shuffle=False):
+        src, tgt = (t.to(device) for t in corpus.collate(idx))
         with autocast():
-            if model.config.kind == "lanmt":
-                hyps = [o.tokens for o in OneShot(model).decode(src)]
-            elif beam == 1:
-                hyps = greedy_search(model, src)
-            else:
-                hyps = [h[0].tokens if h else [] for h in beam_search(model, src, beam=beam)]
+            hyps = decode(src, tgt)
         for i, tokens in zip(idx.tolist(), hyps, strict=True):
             out[i] = tokens
     model.train(was_training)
+    return out
+
+
+def translate_ids(
+    model, corpus: Corpus, count: int, max_tokens: int, device, autocast: Callable, beam: int = 1
+) -> list[list[int]]:
+    """Output ids for the first `count` source sentences: LaNMT one-shot, teacher search."""
+    from lanmt_cli.search import beam_search, greedy_search
+
+    if model.config.kind == "lanmt":
+        return decode_corpus(
+            model, corpus, count, max_tokens, device, autocast, decoder_fn(model, "one-shot")
+        )
+
+    def search(src, _tgt):
+        if beam == 1:
+            return greedy_search(model, src)
+        return [h[0].tokens if h else [] for h in beam_search(model, src, beam=beam)]
+
+    budget = max(1, max_tokens // beam)
+    return decode_corpus(model, corpus, count, budget, device, autocast, search)
+
+
+def decoder_fn(model, spec: str):
+    """`decode(src, tgt)` through the registered decoder `spec` (e.g. refine1)."""
+    from decoders.registry import resolve
+
+    _, cls, options = resolve(spec)
+    decoder = cls(model, **options)
+    return lambda src, _tgt: [o.tokens for o in decoder.decode(src)]
+
+
+def oracle_posterior(model, src: torch.Tensor, tgt: torch.Tensor) -> list[list[int]]:
+    """Argmax decoding from z = posterior mean of q(z|x, reference), at the reference length."""
+    source = model.encode_source(src)
+    lengths = (tgt != PAD).sum(1)
+    tokens = model.decode(source, model.posterior(source, tgt).mean, lengths).argmax(-1)
+    return [row[:n] for row, n in zip(tokens.tolist(), lengths.tolist(), strict=True)]
+
+
+def repeat_rate(hyps: list[list[int]]) -> float:
+    """Share of output tokens equal to the token before them (before collapsing runs)."""
+    pairs = sum(max(len(h) - 1, 0) for h in hyps)
+    repeats = sum(a == b for h in hyps for a, b in zip(h, h[1:], strict=False))
+    return repeats / max(pairs, 1)
+
+
+def lanmt_bleus(
+    model, corpus: Corpus, count: int, max_tokens: int, device, autocast, tokenizer,
+    references: list[str], select: str,
+) -> dict[str, float]:  # fmt: skip
+    """BLEU of one-shot, refine1, the --select decoder and oracle-posterior decoding; the
+    one-shot repeat rate. `bleu` is the --select decoder's (it picks the best checkpoint)."""
+    out: dict[str, float] = {}
+
+    def run(fn):
+        return decode_corpus(model, corpus, count, max_tokens, device, autocast, fn)
+
+    for spec in dict.fromkeys([*LANMT_VALID_DECODERS, select]):
+        hyps = run(decoder_fn(model, spec))
+        if spec == "one-shot":
+            out["repeat_rate"] = repeat_rate(hyps)
+        score = bleu_score(model, tokenizer, hyps, references)
+        out[LANMT_VALID_DECODERS.get(spec, f"bleu_{spec}")] = score
+        if spec == select:
+            out["bleu"] = score
+    hyps = run(lambda src, tgt: oracle_posterior(model, src, tgt))
+    out["bleu_oracle"] = bleu_score(model, tokenizer, hyps, references)
     return out
 
 

@@ -57,16 +57,20 @@ def train(
     label_smoothing: float = typer.Option(None, help="Label smoothing [0.1]."),
     # KL budget
     kl_budget: float = typer.Option(None, help="KL budget per source token [1; finetune 0]."),
-    kl_anneal: bool = typer.Option(None, "--kl-anneal/--no-kl-anneal", help="Anneal to 0."),
+    kl_anneal: bool = typer.Option(
+        None, "--kl-anneal/--no-kl-anneal", help="Anneal to --kl-floor over the second half."
+    ),
+    kl_floor: float = typer.Option(None, help="Where the KL budget anneals to [0.5; finetune 0]."),
     # data and models
     train_split: str = typer.Option(None, help="Training split [teacher: train; LaNMT: distill]."),
     valid_split: str = typer.Option(None, help="Validation split [valid]."),
     teacher: Path = typer.Option(None, help="Teacher bundle [OUT/teacher/best]."),
     init: Path = typer.Option(None, help="Bundle to start from [finetune: OUT/lanmt/last]."),
-    teacher_init: bool = typer.Option(
+    teacher_init: str = typer.Option(
         None,
-        "--teacher-init/--no-teacher-init",
-        help="LaNMT: start embeddings, encoder, decoder and output from the teacher [off].",
+        metavar="none|encoder|all",
+        help="LaNMT: start from the teacher's weights: encoder (embeddings, encoder, output "
+        "layer) or all (also the decoder) [none].",
     ),
     # validation
     valid_per_epoch: int = typer.Option(None, help="Validations per epoch [4; finetune 20]."),
@@ -75,6 +79,9 @@ def train(
     bleu_sents: int = typer.Option(None, help="Validation BLEU on the first N sentences."),
     valid_beam: int = typer.Option(None, help="Teacher validation beam, 1 = greedy [1]."),
     patience: int = typer.Option(None, help="Stop after N validations without gain."),
+    select: str = typer.Option(
+        None, help="LaNMT: the decoder whose validation BLEU picks best/ [refine1]."
+    ),
     log_every: int = typer.Option(None, help="Updates between log records [50]."),
     # distillation
     beam: int = typer.Option(4, help="Distillation beam size."),
@@ -104,7 +111,8 @@ def train(
         "max_tokens": max_tokens, "accum": accum, "lr": lr, "warmup": warmup,
         "schedule": schedule, "betas": betas, "adam_eps": adam_eps,
         "weight_decay": weight_decay, "clip_norm": clip_norm, "seed": seed,
-        "kl_budget": kl_budget, "kl_anneal": kl_anneal, "train_split": train_split,
+        "kl_budget": kl_budget, "kl_anneal": kl_anneal, "kl_floor": kl_floor,
+        "select": select, "train_split": train_split,
         "valid_split": valid_split, "valid_per_epoch": valid_per_epoch,
         "valid_every": valid_every, "bleu": bleu, "bleu_sents": bleu_sents,
         "valid_beam": valid_beam, "patience": patience, "log_every": log_every,
