@@ -103,7 +103,7 @@ def translate_ids(
     model, corpus: Corpus, count: int, max_tokens: int, device, autocast: Callable, beam: int = 1
 ) -> list[list[int]]:
     """Output ids for the first `count` source sentences of `corpus`, in corpus order."""
-    from decoders.one_shot import OneShot
+    from lanmt_cli.decoders.one_shot import OneShot
     from lanmt_cli.search import beam_search, greedy_search
 
     was_training = model.training
