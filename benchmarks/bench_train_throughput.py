@@ -49,8 +49,8 @@ def throughput(log: Path, warmup: int) -> tuple[float, int]:
 
 
 def run(name: str, data: Path, out: Path, options: dict, launch, warmup: int) -> dict:
-    from trainers.loop import LOG_FILE
-    from trainers.stages import train_stage
+    from lanmt_cli.trainers.loop import LOG_FILE
+    from lanmt_cli.trainers.stages import train_stage
 
     start = time.monotonic()
     train_stage(out / name, "teacher", data, options, launch, force=True)
@@ -77,7 +77,7 @@ def main() -> None:
     args = ap.parse_args()
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a private local cluster
 
-    from trainers.stages import Launch
+    from lanmt_cli.trainers.stages import Launch
 
     cores = len(os.sched_getaffinity(0))
     model = {k: v for k, v in {"hidden": args.hidden, "layers": args.layers}.items() if v}

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from decoders.base import Decoder, Option, Output
+from lanmt_cli.decoders.base import Decoder, Option, Output
 from lanmt_cli.search import beam_search
 
 

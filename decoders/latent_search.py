@@ -12,9 +12,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from decoders.base import Decoder, Option, Output, content_seed
-from decoders.refine import decode_latent, refine
 from lanmt_cli.config import PAD
+from lanmt_cli.decoders.base import Decoder, Option, Output, content_seed
+from lanmt_cli.decoders.refine import decode_latent, refine
 
 Candidates = list[tuple[list[int], float]]  # (tokens, score) per candidate of one sentence
 

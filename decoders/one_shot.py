@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from decoders.base import Decoder, Output, argmax_outputs, to_outputs
+from lanmt_cli.decoders.base import Decoder, Output, argmax_outputs, to_outputs
 
 
 class OneShot(Decoder):

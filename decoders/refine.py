@@ -11,8 +11,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from decoders.base import Decoder, Option, Output, argmax_outputs
 from lanmt_cli.config import PAD
+from lanmt_cli.decoders.base import Decoder, Option, Output, argmax_outputs
 
 
 def decode_latent(model, source, z: Tensor) -> tuple[list[list[int]], list[float]]:

@@ -10,9 +10,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from decoders.latent_search import Candidates, LatentSearch, chunks, distinct_best_first
-from decoders.refine import pad_tokens
 from lanmt_cli.config import PAD
+from lanmt_cli.decoders.latent_search import Candidates, LatentSearch, chunks, distinct_best_first
+from lanmt_cli.decoders.refine import pad_tokens
 from lanmt_cli.postprocess import clean_ids
 
 

@@ -3,4 +3,4 @@
 Keep this module free of heavy imports: `lanmt --help` must not load torch or ray.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.1.0"  # the one version source (pyproject.toml reads it)

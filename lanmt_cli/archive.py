@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import io
 import json
 import lzma
 import os
@@ -24,7 +25,7 @@ import zlib
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
-from lanmt_cli.bundle import read_config
+from lanmt_cli.bundle import CONFIG_FILE, read_config, standalone_config
 from lanmt_cli.errors import LanmtError
 
 SUFFIXES = {"gz": ".tar.gz", "xz": ".tar.xz"}
@@ -107,11 +108,26 @@ def _members(bundle: Path, name: str) -> list[tuple[Path, str]]:
     return found
 
 
-def _write_tar(raw: BinaryIO, members: list[tuple[Path, str]]) -> None:
+def _archive_members(bundle: Path, name: str) -> list[tuple[Path | bytes, str]]:
+    """`_members`, but a teacher sharing its outer bundle's tokenizer gets its own copy."""
+    members: list[tuple[Path | bytes, str]] = list(_members(bundle, name))
+    meta, tokenizer = standalone_config(bundle)
+    if meta["tokenizer"] != read_config(bundle)["tokenizer"]:
+        config, text = f"{name}/{CONFIG_FILE}", json.dumps(meta, indent=2) + "\n"
+        members = [(text.encode(), a) if a == config else (m, a) for m, a in members]
+        members += [(f, f"{name}/{n}") for n, f in tokenizer.items() if not (bundle / n).exists()]
+    return members
+
+
+def _write_tar(raw: BinaryIO, members: list[tuple[Path | bytes, str]]) -> None:
     with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
         for path, arcname in members:
             info = tarfile.TarInfo(arcname)
             info.mtime, info.uid, info.gid, info.uname, info.gname = 0, 0, 0, "", ""
+            if isinstance(path, bytes):
+                info.mode, info.size = 0o644, len(path)
+                tar.addfile(info, io.BytesIO(path))
+                continue
             if path.is_dir():
                 info.type, info.mode = tarfile.DIRTYPE, 0o755
                 tar.addfile(info)
@@ -140,7 +156,7 @@ def pack(
     if out.resolve().is_relative_to(bundle.resolve()):
         raise LanmtError(f"{out}: write the archive outside the bundle it packs")
     archive = out / f"{name}{SUFFIXES[compression]}"
-    members = _members(bundle, name)
+    members = _archive_members(bundle, name)
     tmp = None
     try:
         out.mkdir(parents=True, exist_ok=True)

@@ -5,6 +5,9 @@
     DIR/spm.model          joint SentencePiece model, or src.model + tgt.model
     DIR/teacher/           LaNMT only: the bundle of its autoregressive teacher
 
+Tokenizer files are named relative to the bundle. A teacher inside a LaNMT bundle may name
+the outer bundle's file (`../spm.model`), so the shipped model stores it once.
+
 `save_bundle` writes into a temporary folder and renames it into place; `load_bundle`
 checks files, format version and shapes, and says clearly what is wrong.
 """
@@ -12,9 +15,10 @@ checks files, format version and shapes, and says clearly what is wrong.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from lanmt_cli.config import config_from_dict, config_to_dict
@@ -24,6 +28,7 @@ from lanmt_cli.textio import atomic_dir
 FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
+SIDES = ("src", "tgt")
 
 
 def read_config(path: str | Path) -> dict:
@@ -50,10 +55,70 @@ def read_config(path: str | Path) -> dict:
         config_from_dict(meta["model"])
     except (ValueError, TypeError) as err:
         raise LanmtError(f"{cfg_file}: {err}") from None
-    for name in (WEIGHTS_FILE, *set(meta["tokenizer"].values())):
-        if not (path / name).is_file():
-            raise LanmtError(f"{path}: missing file {name}")
+    if not (path / WEIGHTS_FILE).is_file():
+        raise LanmtError(f"{path}: missing file {WEIGHTS_FILE}")
+    tokenizer_files(path, meta)
     return meta
+
+
+def _outer_lanmt(path: Path) -> Path | None:
+    """The LaNMT bundle that holds the (resolved) bundle `path` as its teacher, if any."""
+    outer = path.parent
+    try:
+        meta = json.loads((outer / CONFIG_FILE).read_text())
+        kind, teacher = meta["model"]["kind"], meta["teacher"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if kind == "lanmt" and isinstance(teacher, str) and (outer / teacher).resolve() == path:
+        return outer
+    return None
+
+
+def tokenizer_files(path: str | Path, meta: dict) -> dict[str, Path]:
+    """The tokenizer file of each side ("src", "tgt"), checked to exist where it may.
+
+    A file lies inside the bundle; only a teacher embedded in a LaNMT bundle may name one
+    of the outer bundle (e.g. `../spm.model`), and it must stay inside that bundle.
+    """
+    path = Path(path).resolve()
+    names = meta["tokenizer"]
+    if not isinstance(names, dict) or not all(isinstance(names.get(k), str) for k in SIDES):
+        raise LanmtError(f"{path / CONFIG_FILE}: 'tokenizer' must name a 'src' and a 'tgt' file")
+    files = {}
+    for side in SIDES:
+        name = names[side]
+        file = Path(os.path.normpath(path / name))
+        root = path if file.is_relative_to(path) else _outer_lanmt(path)
+        if PurePosixPath(name).is_absolute() or "\\" in name or root is None:
+            raise LanmtError(
+                f"{path}: tokenizer file {name!r} lies outside the bundle (only a teacher inside "
+                "a LaNMT bundle may share the outer bundle's file, as '../NAME')"
+            )
+        if not file.is_relative_to(root) or not file.resolve().is_relative_to(root):
+            raise LanmtError(f"{path}: tokenizer file {name!r} lies outside the LaNMT bundle")
+        if not file.is_file():
+            raise LanmtError(f"{path}: missing file {name}")
+        files[side] = file
+    return files
+
+
+def standalone_config(path: str | Path) -> tuple[dict, dict[str, Path]]:
+    """A bundle's config as it reads on its own, and its tokenizer files by their names there.
+
+    A teacher that shares its outer bundle's tokenizer gets a file of its own, named as the
+    shared one (`../spm.model` becomes `spm.model`).
+    """
+    path = Path(path).resolve()
+    meta = read_config(path)
+    files = tokenizer_files(path, meta)
+    names = {
+        side: meta["tokenizer"][side] if file.is_relative_to(path) else file.name
+        for side, file in files.items()
+    }
+    for side, name in names.items():
+        if name != meta["tokenizer"][side] and (path / name).exists():
+            raise LanmtError(f"{path}: {name} would hide the shared tokenizer file of that name")
+    return {**meta, "tokenizer": names}, {names[side]: files[side] for side in SIDES}
 
 
 @dataclass
@@ -105,8 +170,13 @@ def save_bundle(
     languages: dict[str, str] | None = None,
     info: dict | None = None,
     half: bool = False,
+    share_tokenizer: bool = False,
 ) -> Path:
-    """Write a bundle; `teacher` (a bundle directory) is copied in as `teacher/`."""
+    """Write a bundle; `teacher` (a bundle directory) is copied in as `teacher/`.
+
+    With `share_tokenizer`, the teacher names the bundle's tokenizer files (`../spm.model`)
+    where they are identical to its own, so they are stored once.
+    """
     import torch
     from safetensors.torch import save_file
 
@@ -135,11 +205,28 @@ def save_bundle(
             "info": info or {},
         }
         if teacher is not None and model.config.kind == "lanmt":
-            read_config(teacher)
-            shutil.copytree(teacher, tmp / "teacher")
+            _embed_teacher(Path(teacher), tmp / "teacher", tmp if share_tokenizer else None)
             meta["teacher"] = "teacher"
         (tmp / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n")
     return path
+
+
+def _embed_teacher(src: Path, dest: Path, outer: Path | None) -> None:
+    """Copy the teacher bundle `src` to `dest` with tokenizer files of its own, or naming
+    each file of the bundle `outer` that is identical to its own."""
+    given = read_config(src)["tokenizer"]
+    meta, files = standalone_config(src)
+    shutil.copytree(src, dest)
+    names = dict(meta["tokenizer"])
+    for name, file in files.items():
+        if not (dest / name).is_file():  # it shared its former outer bundle's file
+            shutil.copyfile(file, dest / name)
+        mine, theirs = dest / name, None if outer is None or "/" in name else outer / name
+        if theirs is not None and theirs.is_file() and theirs.read_bytes() == mine.read_bytes():
+            mine.unlink()
+            names = {side: f"../{n}" if n == name else n for side, n in names.items()}
+    if names != given:
+        (dest / CONFIG_FILE).write_text(json.dumps({**meta, "tokenizer": names}, indent=2) + "\n")
 
 
 def load_weights(model, file: Path) -> None:
@@ -185,9 +272,9 @@ def load_bundle(path: str | Path, device: str = "cpu") -> Bundle:
     model = build_model(config)
     load_weights(model, path / WEIGHTS_FILE)
     model.to(device).eval()
-    tok = meta["tokenizer"]
-    src, tgt = path / tok["src"], path / tok["tgt"]
-    tokenizer = Tokenizer.load(src, None if tok["src"] == tok["tgt"] else tgt)
+    files = tokenizer_files(path, meta)
+    src, tgt = files["src"], files["tgt"]
+    tokenizer = Tokenizer.load(src, None if src == tgt else tgt)
     if tokenizer.src_vocab_size != config.src_vocab or tokenizer.tgt_vocab_size != config.tgt_vocab:
         raise LanmtError(
             f"{path}: tokenizer vocabularies ({tokenizer.src_vocab_size}, "

@@ -21,10 +21,10 @@ from typing import Any
 
 import torch
 
-from decoders import registry
-from decoders.base import Decoder, Output, content_seed
 from lanmt_cli.bundle import Bundle, load_bundle
 from lanmt_cli.config import PAD
+from lanmt_cli.decoders import registry
+from lanmt_cli.decoders.base import Decoder, Output, content_seed
 from lanmt_cli.devices import pick_device
 from lanmt_cli.errors import LanmtError
 from lanmt_cli.postprocess import detokenize

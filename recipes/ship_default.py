@@ -3,7 +3,8 @@
 python recipes/ship_default.py RUN/finetune/best [--teacher RUN/teacher/best] [--out DIR]
 
 --teacher replaces the teacher kept in the LaNMT bundle (e.g. one trained for longer);
-both must share the tokenizer. DIR defaults to lanmt_cli/models/default.
+both must share the tokenizer, which the bundle stores once (teacher/config.json names
+`../spm.model`). DIR defaults to lanmt_cli/models/default.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from lanmt_cli.bundle import load_bundle, save_bundle
+from lanmt_cli.bundle import load_bundle, read_config, save_bundle, tokenizer_files
 
 HERE = Path(__file__).resolve().parent.parent
 
@@ -22,15 +23,17 @@ def public(info: dict) -> dict:
     return {**{k: v for k, v in info.items() if k != "data"}, "data": "Multi30k en-de"}
 
 
+def tokenizer_bytes(path: Path) -> list[bytes]:
+    """The contents of a bundle's source and target tokenizer files."""
+    return [f.read_bytes() for f in tokenizer_files(path, read_config(path)).values()]
+
+
 def ship(src: Path, dest: Path, teacher_dir: Path | None = None) -> None:
     bundle = load_bundle(src)
     teacher = load_bundle(teacher_dir) if teacher_dir else bundle.teacher()
     if teacher is None:
         raise SystemExit(f"{src}: no teacher in this bundle; give --teacher")
-    if teacher_dir and any(
-        (teacher_dir / name).read_bytes() != (src / name).read_bytes()
-        for name in bundle.tokenizer.files()
-    ):
+    if teacher_dir and tokenizer_bytes(teacher_dir) != tokenizer_bytes(src):
         raise SystemExit(f"{teacher_dir}: its tokenizer differs from that of {src}")
     info = {**public(bundle.meta.get("info", {})), "recipe": "recipes/multi30k_ende.sh"}
     with tempfile.TemporaryDirectory() as tmp:
@@ -41,7 +44,7 @@ def ship(src: Path, dest: Path, teacher_dir: Path | None = None) -> None:
         )  # fmt: skip
         save_bundle(
             dest, bundle.model, bundle.tokenizer, teacher=half_teacher,
-            languages=bundle.meta["languages"], info=info, half=True,
+            languages=bundle.meta["languages"], info=info, half=True, share_tokenizer=True,
         )  # fmt: skip
     size = sum(p.stat().st_size for p in dest.rglob("*") if p.is_file())
     print(f"wrote {dest} ({size / 1e6:.1f} MB)")

@@ -10,12 +10,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from decoders.one_shot import OneShot
-from decoders.refine import Refine
 from lanmt_cli.config import LaNMTConfig
+from lanmt_cli.decoders.one_shot import OneShot
+from lanmt_cli.decoders.refine import Refine
 from lanmt_cli.model import LaNMT
+from lanmt_cli.trainers.validate import oracle_posterior
 from tests.tiny import make_variant_task, pad, train
-from trainers.validate import oracle_posterior
 
 WORDS = 12
 VOCAB = 4 + 3 * WORDS + 2

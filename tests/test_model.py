@@ -210,7 +210,7 @@ def test_beam_scores_are_the_teachers_log_probabilities(teacher):
 
 def test_tiny_models_learn_the_synthetic_task(tiny_models, tiny_task):
     """Trained for seconds, both models translate held-out sentences exactly (>= 95%)."""
-    from decoders.one_shot import OneShot
+    from lanmt_cli.decoders.one_shot import OneShot
 
     tok = tiny_models.tokenizer
     src = pad(tok.encode_src([s for s, _ in tiny_task]))

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from decoders import registry
 from lanmt_cli.app import app
+from lanmt_cli.decoders import registry
 
 ROOT = Path(__file__).resolve().parent.parent
 PLUGIN = Path(__file__).parent / "fixtures" / "plugin"
@@ -90,7 +90,7 @@ def _dist_info(site: Path, name: str, entry_points: str) -> None:
 
 def test_broken_and_clashing_plugins_give_clear_errors(tmp_path, monkeypatch, tiny_bundle):
     _dist_info(tmp_path, "broken-plugin", "broken = no_such_module:Decoder")
-    _dist_info(tmp_path, "clashing-plugin", "refine = decoders.one_shot:OneShot")
+    _dist_info(tmp_path, "clashing-plugin", "refine = lanmt_cli.decoders.one_shot:OneShot")
     monkeypatch.syspath_prepend(str(tmp_path))
     rows = {(r["name"], r["package"]): r for r in registry.describe()}
     assert "No module named 'no_such_module'" in rows["broken", "broken-plugin"]["error"]

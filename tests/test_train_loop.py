@@ -16,11 +16,11 @@ from lanmt_cli.bundle import load_bundle
 from lanmt_cli.errors import LanmtError
 from lanmt_cli.model import kl_budget
 from lanmt_cli.schedule import learning_rate, parse_duration
+from lanmt_cli.trainers.checkpoint import STATE_JSON, STATE_TENSORS, load_state
+from lanmt_cli.trainers.config import TrainConfig
+from lanmt_cli.trainers.loop import LOG_FILE, run_in_process
+from lanmt_cli.trainers.stages import Launch, distill_stage, train_stage
 from tests.tiny import make_task
-from trainers.checkpoint import STATE_JSON, STATE_TENSORS, load_state
-from trainers.config import TrainConfig
-from trainers.loop import LOG_FILE, run_in_process
-from trainers.stages import Launch, distill_stage, train_stage
 
 TINY = {"hidden": 32, "layers": 1, "heads": 2, "ffn": 64}
 FAST = {"model": TINY, "max_tokens": 512, "warmup": 10, "lr": 3e-3, "bleu_sents": 20}

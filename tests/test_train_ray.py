@@ -12,8 +12,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from lanmt_cli.trainers.stages import Launch, train_stage
 from tests.test_train_loop import FAST, prepare_tiny_data, records
-from trainers.stages import Launch, train_stage
 
 pytestmark = [
     pytest.mark.ray,

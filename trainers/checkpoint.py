@@ -78,14 +78,20 @@ def _unflatten_optimizer(tensors: dict, meta: dict) -> dict:
 
 
 def copy_bundle(src: Path, dest: Path) -> Path:
-    """Copy only a bundle's own files (no training state) to `dest`, atomically."""
-    from lanmt_cli.bundle import CONFIG_FILE, WEIGHTS_FILE, read_config
+    """Copy only a bundle's own files (no training state) to `dest`, atomically; a teacher
+    sharing its outer bundle's tokenizer (`../spm.model`) gets a copy of its own."""
+    from lanmt_cli.bundle import CONFIG_FILE, WEIGHTS_FILE, read_config, standalone_config
     from lanmt_cli.textio import atomic_dir
 
-    meta = read_config(src)
+    meta, tokenizer = standalone_config(src)
     with atomic_dir(Path(dest)) as tmp:
-        for name in {CONFIG_FILE, WEIGHTS_FILE, *meta["tokenizer"].values()}:
-            shutil.copyfile(Path(src) / name, tmp / name)
+        shutil.copyfile(Path(src) / WEIGHTS_FILE, tmp / WEIGHTS_FILE)
+        for name, file in tokenizer.items():
+            shutil.copyfile(file, tmp / name)
+        if meta["tokenizer"] == read_config(src)["tokenizer"]:
+            shutil.copyfile(Path(src) / CONFIG_FILE, tmp / CONFIG_FILE)
+        else:
+            (tmp / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n")
         if meta.get("teacher"):
             copy_bundle(Path(src) / meta["teacher"], tmp / meta["teacher"])
     return Path(dest)

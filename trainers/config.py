@@ -111,13 +111,13 @@ class TrainConfig:
             raise LanmtError(f"unknown schedule {self.schedule!r} ({', '.join(LR_SCHEDULES)})")
         if self.kl_floor > self.kl_budget:
             raise LanmtError(f"kl-floor {self.kl_floor} is above kl-budget {self.kl_budget}")
-        from trainers.warm_start import TEACHER_INIT_PARTS
+        from lanmt_cli.trainers.warm_start import TEACHER_INIT_PARTS
 
         if self.teacher_init not in TEACHER_INIT_PARTS:
             choices = ", ".join(TEACHER_INIT_PARTS)
             raise LanmtError(f"unknown --teacher-init {self.teacher_init!r} ({choices})")
         if self.stage != "teacher" and self.bleu:
-            from decoders.registry import find
+            from lanmt_cli.decoders.registry import find
 
             if find(self.select)[1].needs_teacher:
                 raise LanmtError(f"--select {self.select}: validation decodes without a teacher")

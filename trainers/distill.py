@@ -64,7 +64,7 @@ def distill(
     from lanmt_cli.devices import pick_device
     from lanmt_cli.search import beam_search
     from lanmt_cli.textio import atomic_file
-    from trainers.validate import split_text
+    from lanmt_cli.trainers.validate import split_text
 
     if threads:
         torch.set_num_threads(threads)

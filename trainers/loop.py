@@ -28,7 +28,7 @@ from lanmt_cli.errors import LanmtError
 from lanmt_cli.model import count_parameters, kl_budget
 from lanmt_cli.schedule import learning_rate
 from lanmt_cli.tokenizer import Tokenizer
-from trainers.checkpoint import (
+from lanmt_cli.trainers.checkpoint import (
     Position,
     TrainingState,
     has_state,
@@ -36,14 +36,14 @@ from trainers.checkpoint import (
     read_position,
     save_checkpoint,
 )
-from trainers.config import (
+from lanmt_cli.trainers.config import (
     DEFAULT_MAX_STEPS,
     MODEL_KIND,
     TrainConfig,
     apply_model_overrides,
     model_config,
 )
-from trainers.validate import (
+from lanmt_cli.trainers.validate import (
     MetricSums,
     bleu_score,
     lanmt_bleus,
@@ -51,7 +51,7 @@ from trainers.validate import (
     translate_ids,
     valid_metrics,
 )
-from trainers.warm_start import init_from_teacher
+from lanmt_cli.trainers.warm_start import init_from_teacher
 
 LOG_FILE = "train.jsonl"
 LOG_SECONDS = 10.0  # a training record at least this often
@@ -572,7 +572,7 @@ def train_loop(loop_config: dict[str, Any]) -> dict[str, Any] | None:
     """
     cfg = TrainConfig.from_dict(loop_config["config"])
     if loop_config.get("runner") == "ray":
-        from trainers.ray_runner import RayWorker
+        from lanmt_cli.trainers.ray_runner import RayWorker
 
         worker: Worker = RayWorker()
     else:

@@ -1,7 +1,7 @@
 """Ray Train: the same training loop on N workers (one per GPU, or CPU workers with gloo).
 
 Only the training path imports this module, and with it Ray. Each worker runs
-`trainers.loop.train_loop`; rank 0 reports every checkpoint it writes to Ray, which
+`lanmt_cli.trainers.loop.train_loop`; rank 0 reports every checkpoint it writes to Ray, which
 keeps a copy under RUN/STAGE/ray/ and, when a worker dies or raises, restarts the
 whole worker group from the latest one (up to `max_failures` times). Running the same
 stage again with --resume continues the same Ray run (same storage path and name).
@@ -23,8 +23,8 @@ from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, Sc
 from ray.train.torch import TorchTrainer
 
 from lanmt_cli.errors import LanmtError
-from trainers.config import TrainConfig
-from trainers.loop import OnUpdate, Worker, train_loop
+from lanmt_cli.trainers.config import TrainConfig
+from lanmt_cli.trainers.loop import OnUpdate, Worker, train_loop
 
 
 class RayWorker(Worker):
@@ -104,7 +104,7 @@ def _root_cause(err: BaseException) -> str:
 def run_with_ray(cfg: TrainConfig, launch, on_update: OnUpdate | None = None) -> dict[str, Any]:
     """Run `cfg` on `launch.num_workers` Ray Train workers; the rank-0 summary comes back."""
     # Workers continue from the newest checkpoint, Ray's or RUN/STAGE/last: the stage
-    # guard (trainers.stages) has made sure that a `last/` there belongs to this run.
+    # guard (lanmt_cli.trainers.stages) has made sure that a `last/` there belongs to this run.
     cfg = dataclasses.replace(cfg, resume=True)
     use_gpu = (launch.gpus or 0) > 0
     workers = launch.num_workers

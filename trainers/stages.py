@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from lanmt_cli.errors import LanmtError
-from trainers.config import (
+from lanmt_cli.trainers.config import (
     MODEL_FIELDS,
     MODEL_KIND,
     STAGE_DEFAULTS,
@@ -139,7 +139,7 @@ def train_config(
         )
     _guard(sdir, stage, resume, force)  # only once every input is there
     if stage == "lanmt" and Path(cfg.teacher) != sdir / "teacher":
-        from trainers.checkpoint import copy_bundle
+        from lanmt_cli.trainers.checkpoint import copy_bundle
 
         copy_bundle(Path(cfg.teacher), sdir / "teacher")  # a clean copy for every checkpoint
         cfg.teacher = str(sdir / "teacher")
@@ -158,8 +158,8 @@ def train_stage(
     on_update=None,
 ) -> dict[str, Any]:
     """Train one stage to its end; return the run's summary (also in RUN/STAGE/result.json)."""
-    from trainers.display import follow
-    from trainers.loop import LOG_FILE, run_in_process
+    from lanmt_cli.trainers.display import follow
+    from lanmt_cli.trainers.loop import LOG_FILE, run_in_process
 
     launch = launch or Launch()
     cfg = train_config(run, stage, data, options, resume=resume, force=force)
@@ -170,7 +170,7 @@ def train_stage(
     (sdir / RESULT_FILE).unlink(missing_ok=True)
     with follow(sdir / LOG_FILE, show=launch.show):
         if launch.ray:
-            from trainers.ray_runner import run_with_ray
+            from lanmt_cli.trainers.ray_runner import run_with_ray
 
             result = run_with_ray(cfg, launch, on_update=on_update)
         else:
@@ -197,8 +197,8 @@ def distill_stage(
     show: bool = True,
 ) -> dict[str, Any]:
     """The teacher translates the training sources; the result becomes split `distill`."""
-    from trainers.display import counter
-    from trainers.distill import distill
+    from lanmt_cli.trainers.display import counter
+    from lanmt_cli.trainers.distill import distill
 
     run, data = Path(run).resolve(), Path(data).resolve()
     teacher = Path(teacher or run / "teacher" / "best")

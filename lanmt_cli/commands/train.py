@@ -127,7 +127,7 @@ def train(
     }  # fmt: skip
     options["model"] = {k: v for k, v in model.items() if v is not None}
 
-    from trainers.stages import Launch, distill_stage, run_recipe, train_stage
+    from lanmt_cli.trainers.stages import Launch, distill_stage, run_recipe, train_stage
 
     launch = Launch(
         gpus=gpus, workers=workers, ray_address=ray_address, use_ray=ray,
