@@ -185,6 +185,7 @@ def load_bundle(path: str | Path, device: str = "cpu") -> Bundle:
     model = build_model(config)
     load_weights(model, path / WEIGHTS_FILE)
     model.to(device).eval()
+    model.bundle_dir = path  # where a runtime finds files converted from it (lanmt_cli.ct2)
     tok = meta["tokenizer"]
     src, tgt = path / tok["src"], path / tok["tgt"]
     tokenizer = Tokenizer.load(src, None if tok["src"] == tok["tgt"] else tgt)

@@ -13,7 +13,7 @@ from decoders.base import Decoder, Option, OptionError, content_seed
 from decoders.refine import Refine, decode_latent, refine
 from lanmt_cli.errors import LanmtError
 from lanmt_cli.postprocess import clean_ids
-from lanmt_cli.search import beam_search
+from lanmt_cli.search import beam_search, greedy_search
 from lanmt_cli.translator import Translator
 from tests.tiny import pad
 
@@ -106,13 +106,24 @@ def test_teacher_rescore_picks_what_the_teacher_scores_highest(bundle, sources):
     assert several  # the test means something: some sentences had a choice to make
 
 
-def test_beam_decoder_is_the_teachers_beam_search(bundle, sources):
+@pytest.mark.parametrize("backend", ["torch", "ctranslate2"])
+@pytest.mark.parametrize("beam", [1, 4])
+def test_beam_decoder_is_the_teachers_beam_search(bundle, sources, backend, beam):
+    """On either runtime: PyTorch's search token for token, with its scores."""
     teacher = bundle.teacher().model
-    src, _ = encode(bundle, sources[:8])
-    outs = registry.resolve("beam4")[1](teacher, beam=4).decode(src)
-    hyps = beam_search(teacher, src, beam=4)
+    src, _ = encode(bundle, sources[:16])
+    cls = registry.resolve("beam")[1]
+    outs = cls(teacher, beam=beam, backend=backend, nbest=beam).decode(src)
+    hyps = beam_search(teacher, src, beam=beam)
     assert [o.tokens for o in outs] == [h[0].tokens for h in hyps]
-    assert [o.score for o in outs] == pytest.approx([h[0].score for h in hyps])
+    assert [o.score for o in outs] == pytest.approx([h[0].score for h in hyps], abs=1e-4)
+    if beam == 1:  # greedy: the very same search, so every step agrees
+        assert [o.tokens for o in outs] == greedy_search(teacher, src)
+    # every hypothesis reported carries the teacher's own (teacher-forced) log-probability
+    for i, out in enumerate(outs):
+        cands = [t for t, _ in out.candidates]
+        forced = teacher.score(src[i : i + 1].expand(len(cands), -1), pad(cands)).tolist()
+        assert forced == pytest.approx([s for _, s in out.candidates], abs=1e-4)
 
 
 @pytest.mark.parametrize("name", DECODERS)
