@@ -208,6 +208,23 @@ def model_dir(model, bundle_dir: str | Path | None = None) -> Path:
     return cached
 
 
+def teacher_folder(bundle_dir: str | Path) -> Path | None:
+    """The folder of a bundle's autoregressive teacher (the bundle itself for a Transformer);
+    None for a LaNMT bundle without one. Reads config.json only."""
+    from lanmt_cli.bundle import read_config
+
+    bundle_dir = Path(bundle_dir)
+    meta = read_config(bundle_dir)
+    if meta["model"].get("kind") == "transformer":
+        return bundle_dir
+    ref = meta.get("teacher")
+    if not ref:
+        return None
+    if Path(ref).is_absolute() or ".." in Path(ref).parts:
+        raise LanmtError(f"{bundle_dir}: the teacher must lie inside the bundle, not at {ref!r}")
+    return bundle_dir / ref
+
+
 def store_in_bundle(teacher_dir: str | Path) -> Path:
     """Add (or refresh) `ctranslate2/` in a teacher bundle folder; returns its path."""
     from lanmt_cli.bundle import load_bundle

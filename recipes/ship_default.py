@@ -1,5 +1,7 @@
 """Store a trained LaNMT bundle and its teacher in half precision as the embedded default model.
 
+The teacher goes with its CTranslate2 conversion (teacher/ctranslate2/, see lanmt_cli/ct2.py).
+
 python recipes/ship_default.py RUN/finetune/best [--teacher RUN/teacher/best] [--out DIR]
 
 --teacher replaces the teacher kept in the LaNMT bundle (e.g. one trained for longer);
@@ -13,6 +15,7 @@ import tempfile
 from pathlib import Path
 
 from lanmt_cli.bundle import load_bundle, save_bundle
+from lanmt_cli.ct2 import store_in_bundle
 
 HERE = Path(__file__).resolve().parent.parent
 
@@ -43,6 +46,7 @@ def ship(src: Path, dest: Path, teacher_dir: Path | None = None) -> None:
             dest, bundle.model, bundle.tokenizer, teacher=half_teacher,
             languages=bundle.meta["languages"], info=info, half=True,
         )  # fmt: skip
+    store_in_bundle(dest / "teacher")  # the teacher converted for CTranslate2, ready to run
     size = sum(p.stat().st_size for p in dest.rglob("*") if p.is_file())
     print(f"wrote {dest} ({size / 1e6:.1f} MB)")
 
