@@ -12,11 +12,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from decoders.base import Decoder, Option, OptionError, Output, content_seed
+from decoders.base import Option, Output, content_seed
 from decoders.refine import (
     LENGTHS_OPTION,
-    MAX_STEPS,
-    check_lengths,
+    QUANTIZE_OPTION,
+    NATDecoder,
     decode_latent,
     length_beam,
     refine,
@@ -62,7 +62,7 @@ def chunks(lengths: list[int], k: int, budget: int) -> list[tuple[int, int]]:
     return ranges
 
 
-class LatentSearch(Decoder):
+class LatentSearch(NATDecoder):
     name = "latent-search"
     help = "Refine K noisy prior samples at once; keep the one the model itself scores best."
     options = (
@@ -71,20 +71,10 @@ class LatentSearch(Decoder):
         Option("steps", int, 1, "refinement steps for each sample", minimum=0),
         Option("nbest", int, 5, "distinct candidates kept with their scores (jsonl)", minimum=0),
         LENGTHS_OPTION,
+        QUANTIZE_OPTION,
     )
     numbered_option = "samples"
     max_expanded_tokens = 8192  # source tokens times samples per forward pass
-
-    @classmethod
-    def check_options(cls, options):
-        checked = super().check_options(options)
-        if checked["steps"] > MAX_STEPS:
-            raise OptionError(
-                f"option steps of decoder {cls.name} must be at most {MAX_STEPS}, "
-                f"got {checked['steps']}"
-            )
-        check_lengths(checked, cls.name)
-        return checked
 
     @torch.no_grad()
     def decode(self, src: Tensor, seeds: list[int] | None = None) -> list[Output]:

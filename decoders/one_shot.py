@@ -9,20 +9,21 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from decoders.base import Decoder, Output, argmax_outputs, to_outputs
-from decoders.refine import LENGTHS_OPTION, best_of, check_lengths, decode_latent, length_beam
+from decoders.base import Output, argmax_outputs, to_outputs
+from decoders.refine import (
+    LENGTHS_OPTION,
+    QUANTIZE_OPTION,
+    NATDecoder,
+    best_of,
+    decode_latent,
+    length_beam,
+)
 
 
-class OneShot(Decoder):
+class OneShot(NATDecoder):
     name = "one-shot"
     help = "Decode once from the prior mean (fastest)."
-    options = (LENGTHS_OPTION,)
-
-    @classmethod
-    def check_options(cls, options):
-        checked = super().check_options(options)
-        check_lengths(checked, cls.name)
-        return checked
+    options = (LENGTHS_OPTION, QUANTIZE_OPTION)
 
     @torch.no_grad()
     def decode(self, src: Tensor, seeds: list[int] | None = None) -> list[Output]:

@@ -110,14 +110,6 @@ def refine(
     return tokens, scores, passes
 
 
-def check_lengths(options: dict, name: str) -> None:
-    if options["lengths"] > MAX_LENGTHS:
-        raise OptionError(
-            f"option lengths of decoder {name} must be at most {MAX_LENGTHS}, "
-            f"got {options['lengths']}"
-        )
-
-
 def length_beam(b: int, lengths: int, device) -> tuple[Tensor | None, Tensor]:
     """Rows for a length beam of width `lengths` over b rows: (ranks (b*N,) or None where
     N = 1, and the row each comes from (b*N,))."""
@@ -142,9 +134,53 @@ def best_of(tokens: list, scores: list[float], n: int) -> list[Output]:
 LENGTHS_OPTION = Option(
     "lengths", int, 1, "length beam: try the N most likely lengths, keep the best", minimum=1
 )
+QUANTIZE_OPTION = Option(
+    "quantize", str, "none", "NAT model: none (as stored) or int8 (Linear layers in int8, CPU)"
+)
+QUANTIZE = ("none", "int8")
 
 
-class Refine(Decoder):
+def quantized(model):
+    """The int8 copy of `model` (lanmt_cli.quantize), made once and kept on the model."""
+    from lanmt_cli.quantize import quantize_int8
+
+    if "_int8" not in model.__dict__:
+        model.__dict__["_int8"] = quantize_int8(model)
+    return model.__dict__["_int8"]
+
+
+class NATDecoder(Decoder):
+    """Shared by the LaNMT decoders: the checks of `steps`, `lengths` and `quantize`."""
+
+    def __init__(self, model, teacher=None, **options):
+        super().__init__(model, teacher, **options)
+        if self.opts.get("quantize", "none") == "int8" and model is not None:
+            if next(model.parameters()).device.type != "cpu":
+                raise OptionError(f"option quantize=int8 of decoder {self.name} runs on a CPU only")
+            self.model = quantized(model)
+
+    @classmethod
+    def check_options(cls, options):
+        checked = super().check_options(options)
+        where = f"of decoder {cls.name}"
+        if checked.get("steps", 0) > MAX_STEPS:
+            raise OptionError(
+                f"option steps {where} must be at most {MAX_STEPS}, got {checked['steps']} "
+                "(refinement stops by itself once its output repeats)"
+            )
+        if checked.get("lengths", 1) > MAX_LENGTHS:
+            raise OptionError(
+                f"option lengths {where} must be at most {MAX_LENGTHS}, got {checked['lengths']}"
+            )
+        if checked.get("quantize", "none") not in QUANTIZE:
+            raise OptionError(
+                f"option quantize {where} takes one of {', '.join(QUANTIZE)}, "
+                f"got {checked['quantize']!r}"
+            )
+        return checked
+
+
+class Refine(NATDecoder):
     name = "refine"
     help = "One-shot, then N deterministic refinement steps with the posterior mean."
     options = (
@@ -156,19 +192,9 @@ class Refine(Decoder):
             minimum=0,
         ),
         LENGTHS_OPTION,
+        QUANTIZE_OPTION,
     )
     numbered_option = "steps"
-
-    @classmethod
-    def check_options(cls, options):
-        checked = super().check_options(options)
-        if checked["steps"] > MAX_STEPS:
-            raise OptionError(
-                f"option steps of decoder {cls.name} must be at most {MAX_STEPS}, "
-                f"got {checked['steps']} (refinement stops by itself once its output repeats)"
-            )
-        check_lengths(checked, cls.name)
-        return checked
 
     @torch.no_grad()
     def decode(self, src: Tensor, seeds: list[int] | None = None) -> list[Output]:

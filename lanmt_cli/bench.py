@@ -529,11 +529,9 @@ def runtime_options(tr: Translator) -> dict[str, Any]:
             options["compute_type_requested"] = requested
     else:
         options.setdefault("backend", "torch")
-        options["compute_type"] = options.get("quantize") or str(
-            next(tr.decoder.model.parameters()).dtype
-        ).removeprefix("torch.")
-        if options.get("compute_type") == "none":
-            options["compute_type"] = "float32"
+        quantize = options.get("quantize", "none")
+        dtype = str(next(tr.decoder.model.parameters()).dtype).removeprefix("torch.")
+        options["compute_type"] = dtype if quantize == "none" else quantize
     return options
 
 

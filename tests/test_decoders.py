@@ -432,3 +432,32 @@ def test_refine_beyond_the_step_limit_is_one_clear_line(tiny_bundle):
         app, ["translate", "-m", str(tiny_bundle), "-d", "refine100"], input="red dog\n"
     )
     assert ok.exit_code == 0 and ok.stdout.strip() == "hund rot"
+
+
+# --- int8 NAT model ----------------------------------------------------------------------------
+
+
+def test_int8_nat_model_keeps_accuracy(bundle, tiny_task):
+    for name in ("one-shot", "refine1"):
+        exact = accuracy(Translator(bundle, name), tiny_task)
+        int8 = Translator(bundle, name, {"quantize": "int8"})
+        assert type(int8.decoder.model.project).__name__ == "Int8Linear"
+        assert bundle.model.project.__class__ is torch.nn.Linear  # the loaded model untouched
+        assert accuracy(int8, tiny_task) >= exact - 0.04
+    with pytest.raises(LanmtError, match="quantize of decoder refine takes one of none, int8"):
+        registry.resolve("refine", {"quantize": "int4"})
+
+
+def test_int8_linear_rows_do_not_depend_on_each_other():
+    """Per-row input scales and exact integer products: a row's result is its own."""
+    from lanmt_cli.quantize import Int8Linear
+
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(16, 8)
+    q = Int8Linear(linear)
+    x = torch.randn(5, 3, 16)
+    x[4] *= 100  # a loud neighbour would change a per-tensor scale
+    together = q(x)
+    for i in range(5):
+        assert torch.equal(q(x[i : i + 1]), together[i : i + 1])
+    assert torch.allclose(together, linear(x), atol=0.05 * x.abs().max().item())
