@@ -13,8 +13,15 @@ import torch
 from torch import Tensor
 
 from lanmt_cli.config import PAD
-from lanmt_cli.decoders.base import Decoder, Option, Output, content_seed
-from lanmt_cli.decoders.refine import decode_latent, refine
+from lanmt_cli.decoders.base import Option, Output, content_seed
+from lanmt_cli.decoders.refine import (
+    LENGTHS_OPTION,
+    QUANTIZE_OPTION,
+    NATDecoder,
+    decode_latent,
+    length_beam,
+    refine,
+)
 
 Candidates = list[tuple[list[int], float]]  # (tokens, score) per candidate of one sentence
 
@@ -55,7 +62,7 @@ def chunks(lengths: list[int], k: int, budget: int) -> list[tuple[int, int]]:
     return ranges
 
 
-class LatentSearch(Decoder):
+class LatentSearch(NATDecoder):
     name = "latent-search"
     help = "Refine K noisy prior samples at once; keep the one the model itself scores best."
     options = (
@@ -63,6 +70,8 @@ class LatentSearch(Decoder):
         Option("noise", float, 0.5, "scale of the prior's std in each sample", minimum=0),
         Option("steps", int, 1, "refinement steps for each sample", minimum=0),
         Option("nbest", int, 5, "distinct candidates kept with their scores (jsonl)", minimum=0),
+        LENGTHS_OPTION,
+        QUANTIZE_OPTION,
     )
     numbered_option = "samples"
     max_expanded_tokens = 8192  # source tokens times samples per forward pass
@@ -86,12 +95,13 @@ class LatentSearch(Decoder):
         if seeds is None:
             seeds = [content_seed(0, row[:n]) for row, n in zip(src.tolist(), lengths, strict=True)]
         out: list[Candidates] = []
-        for a, b in chunks(lengths, self.opts["samples"], self.max_expanded_tokens):
+        per_sentence = self.opts["samples"] * self.opts["lengths"]
+        for a, b in chunks(lengths, per_sentence, self.max_expanded_tokens):
             out.extend(self._chunk(src[a:b], lengths[a:b], seeds[a:b]))
         return out
 
     def _chunk(self, src: Tensor, lengths: list[int], seeds: list[int]) -> list[Candidates]:
-        m, k = self.model, self.opts["samples"]
+        m, k, n = self.model, self.opts["samples"], self.opts["lengths"]
         src = src[:, : max(lengths)]
         source = m.encode_source(src)
         prior = m.prior(source)  # (B, Lx, D)
@@ -101,8 +111,14 @@ class LatentSearch(Decoder):
         ).to(prior.mean)  # (B*K, Lx, D)
         rows = torch.arange(src.size(0), device=src.device).repeat_interleave(k)  # (B*K,)
         z = prior.mean[rows] + self.opts["noise"] * prior.std[rows] * eps
+        ranks, beam = length_beam(
+            rows.size(0), n, src.device
+        )  # every sample at each of n length ranks
+        if n > 1:
+            rows, z = rows[beam], z[beam]  # (B*K*N,) sentence i, sample s, rank r
         expanded = source.select(rows)
-        tokens, scores = decode_latent(m, expanded, z)
-        tokens, scores, _ = refine(m, expanded, tokens, scores, self.opts["steps"])
+        tokens, scores = decode_latent(m, expanded, z, ranks)
+        steps = self.opts["steps"]
+        tokens, scores, _ = refine(m, expanded, tokens, scores, steps, ranks, rows.tolist())
         pairs = list(zip(tokens, scores, strict=True))
-        return [pairs[i * k : (i + 1) * k] for i in range(src.size(0))]
+        return [pairs[i * k * n : (i + 1) * k * n] for i in range(src.size(0))]

@@ -1,22 +1,39 @@
-"""one-shot: z = prior mean, length = argmax, every position at once. One network pass."""
+"""one-shot: z = prior mean, length = argmax, every position at once. One network pass.
+
+`lengths=N` decodes the N most likely lengths in the same pass and keeps the output with the
+best joint score log p(length | x, z) + sum of its token log-probabilities.
+"""
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor
 
-from lanmt_cli.decoders.base import Decoder, Output, argmax_outputs, to_outputs
+from lanmt_cli.decoders.base import Output, argmax_outputs, to_outputs
+from lanmt_cli.decoders.refine import (
+    LENGTHS_OPTION,
+    QUANTIZE_OPTION,
+    NATDecoder,
+    best_of,
+    decode_latent,
+    length_beam,
+)
 
 
-class OneShot(Decoder):
+class OneShot(NATDecoder):
     name = "one-shot"
     help = "Decode once from the prior mean (fastest)."
+    options = (LENGTHS_OPTION, QUANTIZE_OPTION)
 
     @torch.no_grad()
     def decode(self, src: Tensor, seeds: list[int] | None = None) -> list[Output]:
-        m = self.model
+        m, n = self.model, self.opts["lengths"]
         source = m.encode_source(src)
         z = m.prior(source).mean  # (B, Lx, D)
-        lengths = m.predict_length(source, z)  # (B,)
-        tokens, scores = argmax_outputs(m.log_probs(source, z, lengths), lengths)
-        return to_outputs(tokens, scores, lengths)
+        if n == 1:
+            lengths = m.predict_length(source, z)  # (B,)
+            tokens, scores = argmax_outputs(m.log_probs(source, z, lengths), lengths)
+            return to_outputs(tokens, scores, lengths)
+        ranks, rows = length_beam(src.size(0), n, src.device)
+        tokens, scores = decode_latent(m, source.select(rows), z[rows], ranks)
+        return best_of(tokens, scores, n)

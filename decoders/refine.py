@@ -2,8 +2,12 @@
 
 Start from the one-shot output; then, N times, set z to the posterior mean mu_q(x, y_t) of the
 current output, re-predict the length and decode again. A sentence stops as soon as its output
-no longer changes (its next step would give the same z and so the same output).
-`refine1`, `refine3`, ... name this decoder with steps = 1, 3, ...
+repeats one it had before (unchanged, or a cycle such as A, B, A): from there on it would only
+go round again. `refine1`, `refine3`, ... name this decoder with steps = 1, 3, ...
+
+Length beam (`lengths=N`): candidate k of a sentence always decodes at the k-th most likely
+length (k = 0 is plain refinement); the candidate with the best joint score
+log p(length | x, z) + sum of its token log-probabilities wins.
 """
 
 from __future__ import annotations
@@ -12,13 +16,37 @@ import torch
 from torch import Tensor
 
 from lanmt_cli.config import PAD
-from lanmt_cli.decoders.base import Decoder, Option, Output, argmax_outputs
+from lanmt_cli.decoders.base import Decoder, Option, OptionError, Output, argmax_outputs
+
+MAX_STEPS = 100  # refinement converges or cycles within a few steps; more is a mistake
+MAX_LENGTHS = 20  # length-beam width limit
 
 
-def decode_latent(model, source, z: Tensor) -> tuple[list[list[int]], list[float]]:
-    """Length, then argmax tokens, from latents z (B, Lx, D): token lists and their scores."""
-    lengths = model.predict_length(source, z)  # (B,)
+def length_choices(model, source, z: Tensor, ranks: Tensor) -> tuple[Tensor, Tensor]:
+    """The `ranks[i]`-th most likely target length of each row (B,) and its log-probability."""
+    logp = model.length_logits(source, z).float().log_softmax(-1)  # (B, 2W)
+    top_logp, top = logp.topk(int(ranks.max()) + 1, dim=-1)  # (B, R)
+    pick = ranks[:, None]
+    delta = top.gather(1, pick)[:, 0] - model.config.length_window
+    lengths = (source.lengths + delta).clamp(1, model.config.max_len)
+    return lengths, top_logp.gather(1, pick)[:, 0]
+
+
+def decode_latent(
+    model, source, z: Tensor, ranks: Tensor | None = None
+) -> tuple[list[list[int]], list[float]]:
+    """Length, then argmax tokens, from latents z (B, Lx, D): token lists and their scores.
+
+    ranks None: the most likely length, score = token log-probabilities. ranks (B,): the
+    ranks[i]-th most likely length, score = joint with the length's log-probability.
+    """
+    if ranks is None:
+        lengths, length_logp = model.predict_length(source, z), None  # (B,)
+    else:
+        lengths, length_logp = length_choices(model, source, z, ranks)
     tokens, scores = argmax_outputs(model.log_probs(source, z, lengths), lengths)
+    if length_logp is not None:
+        scores = scores + length_logp
     rows = tokens.tolist()
     return [row[: int(n)] for row, n in zip(rows, lengths.tolist(), strict=True)], scores.tolist()
 
@@ -33,44 +61,150 @@ def pad_tokens(seqs: list[list[int]], device) -> Tensor:
 
 
 def refine(
-    model, source, tokens: list[list[int]], scores: list[float], steps: int
+    model,
+    source,
+    tokens: list[list[int]],
+    scores: list[float],
+    steps: int,
+    ranks: Tensor | None = None,
+    groups: list[int] | None = None,
 ) -> tuple[list[list[int]], list[float], int]:
-    """Up to `steps` delta-posterior steps on every row; rows stop once their output is stable.
+    """Up to `steps` delta-posterior steps on every row; a row stops once its output repeats
+    any earlier output of that row (a fixed point or a cycle).
 
-    Returns the refined tokens, their scores (of the last pass each row took) and the number of
-    passes taken.
+    ranks (B,): each row's length rank (see `decode_latent`); None: the most likely length.
+    groups: a sentence id per row; rows of one sentence with the same rank and output are
+    refined once (refinement is deterministic). Returns the refined tokens, their scores (of
+    the last pass each row took) and the number of passes taken.
     """
     tokens, scores = list(tokens), list(scores)
+    seen = [{tuple(t)} for t in tokens]  # every output each row has had
     active = list(range(len(tokens)))  # rows still changing
+    groups = groups if groups is not None else list(range(len(tokens)))
+    rank_list = ranks.tolist() if ranks is not None else [0] * len(tokens)
     passes = 0
     for _ in range(steps):
         if not active:
             break
         passes += 1
-        index = torch.tensor(active, device=source.valid.device)
+        first: dict[tuple, int] = {}  # (sentence, rank, output) -> the row that computes it
+        for row in active:
+            first.setdefault((groups[row], rank_list[row], tuple(tokens[row])), row)
+        unique = list(first.values())
+        index = torch.tensor(unique, device=source.valid.device)
         sub = source.select(index)
-        y = pad_tokens([tokens[i] for i in active], source.valid.device)  # (b, Ly)
+        y = pad_tokens([tokens[i] for i in unique], source.valid.device)  # (b, Ly)
         z = model.posterior(sub, y).mean  # (b, Lx, D)
-        new_tokens, new_scores = decode_latent(model, sub, z)
+        sub_ranks = None if ranks is None else ranks[index]
+        new_tokens, new_scores = decode_latent(model, sub, z, sub_ranks)
+        result = dict(zip(unique, zip(new_tokens, new_scores, strict=True), strict=True))
         still = []
-        for row, new, score in zip(active, new_tokens, new_scores, strict=True):
-            if new != tokens[row]:
+        for row in active:
+            new, score = result[first[groups[row], rank_list[row], tuple(tokens[row])]]
+            key = tuple(new)
+            if key not in seen[row]:
                 still.append(row)
-            tokens[row], scores[row] = new, score
+                seen[row].add(key)
+            tokens[row], scores[row] = list(new), score
         active = still
     return tokens, scores, passes
 
 
-class Refine(Decoder):
+def length_beam(b: int, lengths: int, device) -> tuple[Tensor | None, Tensor]:
+    """Rows for a length beam of width `lengths` over b rows: (ranks (b*N,) or None where
+    N = 1, and the row each comes from (b*N,))."""
+    rows = torch.arange(b, device=device).repeat_interleave(lengths)
+    if lengths == 1:
+        return None, rows
+    return torch.arange(lengths, device=device).repeat(b), rows
+
+
+def best_of(tokens: list, scores: list[float], n: int) -> list[Output]:
+    """The best-scoring of each consecutive group of n candidates, the others as candidates."""
+    outputs = []
+    for i in range(0, len(tokens), n):
+        group = list(zip(tokens[i : i + n], scores[i : i + n], strict=True))
+        order = sorted(range(n), key=lambda k: -group[k][1])  # ties: the more likely length
+        t, s = group[order[0]]
+        cands = [group[k] for k in order] if n > 1 else []
+        outputs.append(Output(list(t), s, len(t), cands))
+    return outputs
+
+
+LENGTHS_OPTION = Option(
+    "lengths", int, 1, "length beam: try the N most likely lengths, keep the best", minimum=1
+)
+QUANTIZE_OPTION = Option(
+    "quantize", str, "none", "NAT model: none (as stored) or int8 (Linear layers in int8, CPU)"
+)
+QUANTIZE = ("none", "int8")
+
+
+def quantized(model):
+    """The int8 copy of `model` (lanmt_cli.quantize), made once and kept on the model."""
+    from lanmt_cli.quantize import quantize_int8
+
+    if "_int8" not in model.__dict__:
+        model.__dict__["_int8"] = quantize_int8(model)
+    return model.__dict__["_int8"]
+
+
+class NATDecoder(Decoder):
+    """Shared by the LaNMT decoders: the checks of `steps`, `lengths` and `quantize`."""
+
+    def __init__(self, model, teacher=None, **options):
+        super().__init__(model, teacher, **options)
+        if self.opts.get("quantize", "none") == "int8" and model is not None:
+            if next(model.parameters()).device.type != "cpu":
+                raise OptionError(f"option quantize=int8 of decoder {self.name} runs on a CPU only")
+            self.model = quantized(model)
+
+    @classmethod
+    def check_options(cls, options):
+        checked = super().check_options(options)
+        where = f"of decoder {cls.name}"
+        if checked.get("steps", 0) > MAX_STEPS:
+            raise OptionError(
+                f"option steps {where} must be at most {MAX_STEPS}, got {checked['steps']} "
+                "(refinement stops by itself once its output repeats)"
+            )
+        if checked.get("lengths", 1) > MAX_LENGTHS:
+            raise OptionError(
+                f"option lengths {where} must be at most {MAX_LENGTHS}, got {checked['lengths']}"
+            )
+        if checked.get("quantize", "none") not in QUANTIZE:
+            raise OptionError(
+                f"option quantize {where} takes one of {', '.join(QUANTIZE)}, "
+                f"got {checked['quantize']!r}"
+            )
+        return checked
+
+
+class Refine(NATDecoder):
     name = "refine"
     help = "One-shot, then N deterministic refinement steps with the posterior mean."
-    options = (Option("steps", int, 1, "refinement steps (stops early when stable)", minimum=0),)
+    options = (
+        Option(
+            "steps",
+            int,
+            1,
+            f"refinement steps, at most {MAX_STEPS} (stops early when stable)",
+            minimum=0,
+        ),
+        LENGTHS_OPTION,
+        QUANTIZE_OPTION,
+    )
     numbered_option = "steps"
 
     @torch.no_grad()
     def decode(self, src: Tensor, seeds: list[int] | None = None) -> list[Output]:
-        m = self.model
+        m, n = self.model, self.opts["lengths"]
         source = m.encode_source(src)
-        tokens, scores = decode_latent(m, source, m.prior(source).mean)
-        tokens, scores, _ = refine(m, source, tokens, scores, self.opts["steps"])
-        return [Output(t, s, len(t)) for t, s in zip(tokens, scores, strict=True)]
+        z = m.prior(source).mean  # (B, Lx, D)
+        ranks, rows = length_beam(src.size(0), n, src.device)
+        if n > 1:
+            source, z = source.select(rows), z[rows]
+        tokens, scores = decode_latent(m, source, z, ranks)
+        groups = rows.tolist()
+        tokens, scores, _ = refine(m, source, tokens, scores, self.opts["steps"], ranks, groups)
+        return best_of(tokens, scores, n)

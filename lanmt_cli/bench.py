@@ -50,7 +50,8 @@ from lanmt_cli.errors import LanmtError
 from lanmt_cli.translator import Translator
 
 FORMAT_VERSION = 1  # of the JSON report
-BASELINE = "beam"  # the teacher's beam search, beam 3 (its default)
+BASELINE = "beam"  # the teacher's beam search, beam 3 (its default), on CTranslate2
+TEACHER_DECODERS = ("beam1",)  # greedy search on CTranslate2, measured beside the baseline
 DEFAULT_DECODERS = ("one-shot", "refine1", "latent-search", "teacher-rescore")
 BOOTSTRAP_SAMPLES = 1000
 
@@ -88,8 +89,8 @@ def check_specs(baseline: str, specs: Sequence[str]) -> list[str]:
 def default_decoders(bundle) -> list[str]:
     """The seed's table: the baseline and the four LaNMT decoders (a Transformer: beam only)."""
     if bundle.kind == "transformer":
-        return [BASELINE]
-    return [BASELINE, *DEFAULT_DECODERS]
+        return [BASELINE, *TEACHER_DECODERS]
+    return [BASELINE, *TEACHER_DECODERS, *DEFAULT_DECODERS]
 
 
 # --- test sets ---------------------------------------------------------------------------
@@ -357,6 +358,7 @@ def environment(device: str) -> dict[str, Any]:
         "platform": platform.platform(),
         "lanmt": _version("lanmt"),
         "sacrebleu": _version("sacrebleu"),
+        "ctranslate2": _version("ctranslate2"),
         "numpy": np.__version__,
     }
 
@@ -478,7 +480,7 @@ def bench(
             Row(
                 label=label,
                 decoder=tr.name,
-                options=dict(tr.options),
+                options=runtime_options(tr),
                 baseline=label == baseline,
                 model_kind=tr.decoder_class.model_kind,
                 needs_teacher=tr.decoder_class.needs_teacher,
@@ -512,6 +514,25 @@ def bench(
         },
         rows=rows,
     )
+
+
+def runtime_options(tr: Translator) -> dict[str, Any]:
+    """The decoder's options plus what it ran on: `backend` and the actual `compute_type`."""
+    options = dict(tr.options)
+    if options.get("backend") == "ctranslate2":
+        from lanmt_cli import ct2
+
+        model = tr.decoder.teacher if tr.decoder_class.needs_teacher else tr.decoder.model
+        requested = options["compute_type"]
+        options["compute_type"] = ct2.engine_for(model, requested).translator.compute_type
+        if requested != options["compute_type"]:
+            options["compute_type_requested"] = requested
+    else:
+        options.setdefault("backend", "torch")
+        quantize = options.get("quantize", "none")
+        dtype = str(next(tr.decoder.model.parameters()).dtype).removeprefix("torch.")
+        options["compute_type"] = dtype if quantize == "none" else quantize
+    return options
 
 
 def _pieces(tr: Translator, lines: list[str]) -> list[list[list[int]]]:
@@ -588,7 +609,7 @@ def columns(report: Report) -> tuple[list[str], list[list[str]]]:
         header += ["BLEU", "BLEU intl lc", "chrF"]
     if timed:
         header += ["ms / sentence", "median", "p90", "speed-up"]
-    header += ["sentences/s", "tokens/s", "speed-up (batched)"]
+    header += ["sentences/s", "tokens/s", "speed-up (batched)", "runtime"]
     cells = []
     for r in report.rows:
         row = [r.label + (" (baseline)" if r.baseline else "")]
@@ -605,6 +626,7 @@ def columns(report: Report) -> tuple[list[str], list[list[str]]]:
             )
         t = r.throughput
         row += [f"{t.sentences_per_s:.1f}", f"{t.tokens_per_s:.0f}", _x(t.speedup)]
+        row += [f"{r.options.get('backend', '?')} {r.options.get('compute_type', '?')}"]
         cells.append(row)
     return header, cells
 
@@ -636,8 +658,9 @@ def notes(report: Report) -> list[str]:
             "use --repeats 5 (or more sentences) before quoting batched speed-ups."
         )
     lines.append(
-        f"Device: {env['device']} ({env['device_name']}), torch threads: {env['threads']}, "
-        f"torch {env['torch']}, {report.date}."
+        f"Device: {env['device']} ({env['device_name']}), threads: {env['threads']} "
+        f"(torch and CTranslate2), torch {env['torch']}, CTranslate2 "
+        f"{env.get('ctranslate2')}, {report.date}. runtime: the engine and compute type."
     )
     lines.append(
         f"Speed-up: time of {report.baseline.label} / time of the decoder, both measured "

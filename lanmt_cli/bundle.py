@@ -272,6 +272,7 @@ def load_bundle(path: str | Path, device: str = "cpu") -> Bundle:
     model = build_model(config)
     load_weights(model, path / WEIGHTS_FILE)
     model.to(device).eval()
+    model.bundle_dir = path  # where a runtime finds files converted from it (lanmt_cli.ct2)
     files = tokenizer_files(path, meta)
     src, tgt = files["src"], files["tgt"]
     tokenizer = Tokenizer.load(src, None if src == tgt else tgt)

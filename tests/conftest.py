@@ -60,3 +60,17 @@ def tiny_bundle_copy(tiny_bundle, tmp_path) -> Path:
     dest = tmp_path / "model"
     shutil.copytree(tiny_bundle, dest)
     return dest
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _private_cache(tmp_path_factory):
+    """Converted teachers (lanmt_cli.ct2) go to a session folder, not the user's cache."""
+    import os
+
+    before = os.environ.get("LANMT_CACHE")
+    os.environ["LANMT_CACHE"] = str(tmp_path_factory.mktemp("lanmt-cache"))
+    yield
+    if before is None:
+        os.environ.pop("LANMT_CACHE", None)
+    else:
+        os.environ["LANMT_CACHE"] = before

@@ -75,6 +75,15 @@ def test_every_decoder_gets_a_row(run):
     assert beam["decoder"] == "beam" and beam["options"]["beam"] == 3
     assert beam["model_kind"] == "transformer"  # the teacher's beam search
     assert rows[3]["options"]["samples"] == 4  # options from the spec reached the decoder
+    # every row says what it ran on: the teacher on CTranslate2, the NAT model on PyTorch
+    assert (beam["options"]["backend"], beam["options"]["compute_type"]) == (
+        "ctranslate2",
+        "float32",
+    )
+    assert rows[-1]["options"]["backend"] == "ctranslate2"  # teacher-rescore scores on it
+    for r in rows[1:-1]:
+        assert (r["options"]["backend"], r["options"]["compute_type"]) == ("torch", "float32")
+    assert table_row(stdout, "beam")[-1] == "ctranslate2 float32"
     header = table_row(stdout, "decoding")
     assert header[:4] == ["decoding", "BLEU", "BLEU intl lc", "chrF"]
     for r in rows:
@@ -182,7 +191,7 @@ def test_without_references_it_measures_speed_only(tiny_bundle, files, tmp_path)
     result = lanmt(*common, "-d", "refine2", "--latency-sentences", 0, "--markdown")
     assert result.exit_code == 0, result.output
     assert "ms / sentence" not in result.stdout and "speed-up (batched)" in result.stdout
-    assert len(table_row(result.stdout, "refine2")) == 4
+    assert len(table_row(result.stdout, "refine2")) == 5  # 3 batched figures, the runtime
 
 
 def test_spec_and_statistics_helpers():
@@ -291,3 +300,11 @@ def test_plot_draws_bleu_against_latency(tiny_bundle, files, tmp_path):
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     assert (tmp_path / "speed.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_default_decoders_measure_greedy_beside_the_baseline(tiny_bundle):
+    from lanmt_cli.bench import default_decoders
+    from lanmt_cli.bundle import load_bundle
+
+    assert default_decoders(load_bundle(tiny_bundle))[:2] == ["beam", "beam1"]
+    assert default_decoders(load_bundle(tiny_bundle / "teacher")) == ["beam", "beam1"]

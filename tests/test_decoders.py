@@ -13,7 +13,7 @@ from lanmt_cli.decoders.base import Decoder, Option, OptionError, content_seed
 from lanmt_cli.decoders.refine import Refine, decode_latent, refine
 from lanmt_cli.errors import LanmtError
 from lanmt_cli.postprocess import clean_ids
-from lanmt_cli.search import beam_search
+from lanmt_cli.search import beam_search, greedy_search
 from lanmt_cli.translator import Translator
 from tests.tiny import pad
 
@@ -106,13 +106,24 @@ def test_teacher_rescore_picks_what_the_teacher_scores_highest(bundle, sources):
     assert several  # the test means something: some sentences had a choice to make
 
 
-def test_beam_decoder_is_the_teachers_beam_search(bundle, sources):
+@pytest.mark.parametrize("backend", ["torch", "ctranslate2"])
+@pytest.mark.parametrize("beam", [1, 4])
+def test_beam_decoder_is_the_teachers_beam_search(bundle, sources, backend, beam):
+    """On either runtime: PyTorch's search token for token, with its scores."""
     teacher = bundle.teacher().model
-    src, _ = encode(bundle, sources[:8])
-    outs = registry.resolve("beam4")[1](teacher, beam=4).decode(src)
-    hyps = beam_search(teacher, src, beam=4)
+    src, _ = encode(bundle, sources[:16])
+    cls = registry.resolve("beam")[1]
+    outs = cls(teacher, beam=beam, backend=backend, nbest=beam).decode(src)
+    hyps = beam_search(teacher, src, beam=beam)
     assert [o.tokens for o in outs] == [h[0].tokens for h in hyps]
-    assert [o.score for o in outs] == pytest.approx([h[0].score for h in hyps])
+    assert [o.score for o in outs] == pytest.approx([h[0].score for h in hyps], abs=1e-4)
+    if beam == 1:  # greedy: the very same search, so every step agrees
+        assert [o.tokens for o in outs] == greedy_search(teacher, src)
+    # every hypothesis reported carries the teacher's own (teacher-forced) log-probability
+    for i, out in enumerate(outs):
+        cands = [t for t, _ in out.candidates]
+        forced = teacher.score(src[i : i + 1].expand(len(cands), -1), pad(cands)).tolist()
+        assert forced == pytest.approx([s for _, s in out.candidates], abs=1e-4)
 
 
 @pytest.mark.parametrize("name", DECODERS)
@@ -219,3 +230,234 @@ def test_postprocessing_drops_specials_and_collapses_repeats():
     assert clean_ids([5, 5, 0, 6, 3, 6, 7, 7, 7, 2]) == [5, 6, 7]
     assert clean_ids([5, 5, 6], collapse_repeats=False) == [5, 5, 6]
     assert clean_ids([0, 1, 2, 3]) == []
+
+
+# --- length beam ---------------------------------------------------------------------------
+
+LENGTH_BEAM = [
+    ("one-shot", {"lengths": 3}),
+    ("refine", {"lengths": 3, "steps": 2}),
+    ("latent-search", {**NOISY, "lengths": 2, "steps": 1}),
+    ("teacher-rescore", {**NOISY, "lengths": 3, "normalize": True}),
+]
+
+
+@pytest.mark.parametrize(("name", "options"), LENGTH_BEAM)
+def test_length_beam_is_batch_size_invariant(bundle, sources, name, options):
+    tr = Translator(bundle, name, options, batch_tokens=100_000)
+    ids = tr.encode(sources[:12])
+    together = tr.decode_batch(ids)
+    alone = [tr.decode_batch([i])[0] for i in ids]
+    for a, b in zip(together, alone, strict=True):
+        assert a.tokens == b.tokens
+        assert a.score == pytest.approx(b.score, abs=1e-4)
+        assert [t for t, _ in a.candidates] == [t for t, _ in b.candidates]
+
+
+def test_one_shot_length_beam_keeps_the_best_joint_score(bundle, sources):
+    """Each of the N most likely lengths decoded; log p(length) + token log-probs picks."""
+    m = bundle.model
+    src, _ = encode(bundle, sources[:10])
+    n = 4
+    outs = registry.resolve("one-shot")[1](m, lengths=n).decode(src)
+    plain = registry.resolve("one-shot")[1](m).decode(src)
+    with torch.no_grad():
+        source = m.encode_source(src)
+        z = m.prior(source).mean
+        length_logp = m.length_logits(source, z).log_softmax(-1)  # (B, 2W)
+        top = length_logp.topk(n, dim=-1)
+    for i, out in enumerate(outs):
+        lengths = [int(source.lengths[i]) + int(d) - m.config.length_window for d in top.indices[i]]
+        assert sorted(len(t) for t, _ in out.candidates) == sorted(lengths)
+        expected = []
+        for length, lp in zip(lengths, top.values[i].tolist(), strict=True):
+            with torch.no_grad():
+                logp = m.log_probs(source.select(torch.tensor([i])), z[i : i + 1],
+                                   torch.tensor([length]))  # fmt: skip
+            best, tokens = logp[0].max(-1)
+            expected.append((tokens.tolist(), float(best.sum()) + lp))
+        winner = max(expected, key=lambda c: c[1])
+        assert out.tokens == winner[0] and out.score == pytest.approx(winner[1], abs=1e-4)
+        # the most likely length is among them: the plain output is a candidate
+        assert plain[i].tokens in [t for t, _ in out.candidates]
+
+
+def test_refine_length_beam_candidate_zero_is_plain_refinement(bundle, sources):
+    m = bundle.model
+    src, _ = encode(bundle, sources[:10])
+    plain = Refine(m, steps=2).decode(src)
+    beam = Refine(m, steps=2, lengths=3).decode(src)
+    for p, b in zip(plain, beam, strict=True):
+        assert p.tokens in [t for t, _ in b.candidates]
+        assert b.score == max(s for _, s in b.candidates)
+
+
+def test_teacher_rescore_normalized_picks_the_best_per_token_score(bundle, sources):
+    teacher = bundle.teacher().model
+    src, seeds = encode(bundle, sources[:8])
+    cls = registry.resolve("teacher-rescore")[1]
+    options = {"samples": 2, "noise": 0.0, "steps": 0, "nbest": 100, "lengths": 4}
+    for backend in ("ctranslate2", "torch"):
+        outs = cls(bundle.model, teacher, normalize=True, backend=backend, **options).decode(
+            src, seeds
+        )
+        choices = 0
+        for i, out in enumerate(outs):
+            cands = [t for t, _ in out.candidates]
+            choices += len({len(c) for c in cands}) > 1  # candidates of different lengths
+            rows = src[i : i + 1].expand(len(cands), -1)
+            per_token = [
+                s / (len(c) + 1)
+                for s, c in zip(teacher.score(rows, pad(cands)).tolist(), cands, strict=True)
+            ]
+            assert out.tokens == cands[max(range(len(cands)), key=lambda k: per_token[k])]
+            assert per_token == pytest.approx([s for _, s in out.candidates], abs=1e-3)
+        assert choices  # the length beam gave some sentences a choice of lengths
+
+
+def test_refinement_computes_duplicate_candidates_once(bundle, sources, monkeypatch):
+    """Latent-search candidates that coincide are refined once, with the same result."""
+    m = bundle.model
+    src, _ = encode(bundle, sources[:4])
+    with torch.no_grad():
+        source = m.encode_source(src)
+        first, scores = decode_latent(m, source, m.prior(source).mean)
+        expected, expected_scores, _ = refine(m, source, first, scores, steps=1)
+        rows = torch.arange(4).repeat_interleave(3)  # every sentence three times
+        sizes = []
+        posterior = m.posterior
+        monkeypatch.setattr(m, "posterior", lambda s, y: sizes.append(len(y)) or posterior(s, y))
+        tokens, got_scores, _ = refine(
+            m, source.select(rows), [first[i] for i in rows], [scores[i] for i in rows],
+            steps=1, groups=rows.tolist(),
+        )  # fmt: skip
+    assert sizes == [4]
+    assert tokens == [expected[i] for i in rows]
+    assert got_scores == pytest.approx([expected_scores[i] for i in rows])
+
+
+@pytest.mark.parametrize(
+    ("spec", "options", "message"),
+    [
+        ("refine101", {}, "steps of decoder refine must be at most 100"),
+        ("latent-search", {"steps": 101}, "must be at most 100"),
+        ("one-shot", {"lengths": 21}, "lengths of decoder one-shot must be at most 20"),
+        ("one-shot", {"lengths": 0}, "must be at least 1"),
+        ("teacher-rescore", {"normalize": "maybe"}, "takes bool"),
+    ],
+)
+def test_length_beam_and_step_limits(spec, options, message):
+    with pytest.raises(LanmtError, match=message):
+        registry.resolve(spec, options)
+
+
+def test_lanmt_decoders_json_lists_the_new_options():
+    from typer.testing import CliRunner
+
+    from lanmt_cli.app import app
+
+    result = CliRunner().invoke(app, ["decoders", "--json"])
+    rows = {r["name"]: r for r in json.loads(result.stdout)}
+    for name in ("one-shot", "refine", "latent-search", "teacher-rescore"):
+        assert "lengths" in [o["name"] for o in rows[name]["options"]]
+    assert {"normalize", "backend", "compute_type"} <= {
+        o["name"] for o in rows["teacher-rescore"]["options"]
+    }
+    assert {"backend", "compute_type"} <= {o["name"] for o in rows["beam"]["options"]}
+
+
+# --- refinement that cycles ------------------------------------------------------------------
+
+
+def _orbits(m, source, steps: int) -> list[list[tuple[int, ...]]]:
+    """The outputs of `steps` plain delta-posterior steps from one-shot, per sentence."""
+    from lanmt_cli.decoders.refine import pad_tokens
+
+    y, _ = decode_latent(m, source, m.prior(source).mean)
+    orbits = [[tuple(t)] for t in y]
+    for _ in range(steps):
+        y, _ = decode_latent(m, source, m.posterior(source, pad_tokens(y, "cpu")).mean)
+        for orbit, t in zip(orbits, y, strict=True):
+            orbit.append(tuple(t))
+    return orbits
+
+
+@pytest.mark.slow
+def test_refinement_stops_on_a_cycle_of_the_shipped_model():
+    """Sentences whose refinement alternates (A, B, A, ...) stop once an output repeats,
+    and the result no longer depends on whether N is odd or even (issue 14)."""
+    import gzip
+    from pathlib import Path
+
+    from lanmt_cli import hub
+    from lanmt_cli.bundle import load_bundle
+
+    bundle = load_bundle(hub.DEFAULT_MODEL_DIR)
+    m = bundle.model
+    val = Path(__file__).parent / "data" / "multi30k" / "val.en.gz"
+    with gzip.open(val, "rt", encoding="utf-8") as f:
+        lines = ["A dog runs."] + [line.strip() for line in f][:80]
+    ids = bundle.tokenizer.encode_src(lines)
+    with torch.no_grad():
+        orbits = _orbits(m, m.encode_source(pad(ids)), 8)
+    cycling = [i for i, o in enumerate(orbits) if o[-1] != o[-2] and o[-1] in o[:-1]]
+    assert cycling, "the shipped model has sentences whose refinement cycles"
+    src = pad([ids[i] for i in cycling])
+    with torch.no_grad():
+        source = m.encode_source(src)
+        first, scores = decode_latent(m, source, m.prior(source).mean)
+        _, _, passes = refine(m, source, first, scores, steps=100)
+    assert passes <= 8
+    even = Refine(m, steps=40).decode(src)
+    odd = Refine(m, steps=41).decode(src)
+    assert [o.tokens for o in even] == [o.tokens for o in odd]
+    for out, i in zip(even, cycling, strict=True):
+        assert tuple(out.tokens) in orbits[i]
+
+
+def test_refine_beyond_the_step_limit_is_one_clear_line(tiny_bundle):
+    from typer.testing import CliRunner
+
+    from lanmt_cli.app import app
+
+    result = CliRunner().invoke(
+        app, ["translate", "-m", str(tiny_bundle), "-d", "refine101"], input="red dog\n"
+    )
+    assert result.exit_code == 1
+    assert result.stderr.strip().splitlines() == [
+        line for line in result.stderr.strip().splitlines() if line.startswith("error:")
+    ]
+    assert "at most 100" in result.stderr
+    ok = CliRunner().invoke(
+        app, ["translate", "-m", str(tiny_bundle), "-d", "refine100"], input="red dog\n"
+    )
+    assert ok.exit_code == 0 and ok.stdout.strip() == "hund rot"
+
+
+# --- int8 NAT model ----------------------------------------------------------------------------
+
+
+def test_int8_nat_model_keeps_accuracy(bundle, tiny_task):
+    for name in ("one-shot", "refine1"):
+        exact = accuracy(Translator(bundle, name), tiny_task)
+        int8 = Translator(bundle, name, {"quantize": "int8"})
+        assert type(int8.decoder.model.project).__name__ == "Int8Linear"
+        assert bundle.model.project.__class__ is torch.nn.Linear  # the loaded model untouched
+        assert accuracy(int8, tiny_task) >= exact - 0.04
+    with pytest.raises(LanmtError, match="quantize of decoder refine takes one of none, int8"):
+        registry.resolve("refine", {"quantize": "int4"})
+
+
+def test_int8_linear_rows_do_not_depend_on_each_other():
+    """Per-row input scales and exact integer products: a row's result is its own."""
+    from lanmt_cli.quantize import Int8Linear
+
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(16, 8)
+    q = Int8Linear(linear)
+    x = torch.randn(5, 3, 16)
+    x[4] *= 100  # a loud neighbour would change a per-tensor scale
+    together = q(x)
+    for i in range(5):
+        assert torch.equal(q(x[i : i + 1]), together[i : i + 1])
+    assert torch.allclose(together, linear(x), atol=0.05 * x.abs().max().item())

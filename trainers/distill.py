@@ -50,8 +50,12 @@ def distill(
     device: str = "auto",
     threads: int = 0,
     show: Callable | None = None,
+    backend: str = "auto",
 ) -> dict[str, Any]:
     """Translate split `split` of `data_dir` with the teacher; add it as `target_split`.
+
+    backend: `ctranslate2` (the teacher converted once, see lanmt_cli.ct2), `torch`, or
+    `auto`: CTranslate2 on a CPU, PyTorch on a GPU.
 
     `out` keeps the chunks, the plain-text pair files and result.json. `show(total,
     description, done)` is a context manager yielding `advance(n)` (see display.counter).
@@ -59,10 +63,11 @@ def distill(
     import numpy as np
     import torch
 
+    from lanmt_cli import ct2
     from lanmt_cli.bundle import load_bundle
     from lanmt_cli.data import Corpus, binarize_split, read_meta, token_batches
     from lanmt_cli.devices import pick_device
-    from lanmt_cli.search import beam_search
+    from lanmt_cli.search import beam_search, max_lengths
     from lanmt_cli.textio import atomic_file
     from lanmt_cli.trainers.validate import split_text
 
@@ -71,6 +76,11 @@ def distill(
     device = pick_device(device)
     data_dir, out = Path(data_dir).resolve(), Path(out).resolve()
     teacher = load_bundle(teacher_dir, device=device)
+    if backend == "auto":
+        backend = "ctranslate2" if device == "cpu" else "torch"
+    if backend not in ct2.BACKENDS:
+        raise LanmtError(f"unknown backend {backend!r} (known: {', '.join(ct2.BACKENDS)})")
+    engine = ct2.engine_for(teacher.model) if backend == "ctranslate2" else None
     if teacher.kind != "transformer":
         raise LanmtError(f"{teacher_dir} holds a {teacher.kind} model, not a teacher")
     meta = read_meta(data_dir)
@@ -106,7 +116,12 @@ def distill(
             for part in token_batches(lengths, lengths, max_tokens, seed=0, epoch=0, shuffle=False):
                 rows = ids[part]
                 src = corpus.collate(rows)[0].to(device)
-                hyps = beam_search(teacher.model, src, beam=beam, length_penalty=length_penalty)
+                if engine is not None:
+                    limits = max_lengths(src, teacher.model, 1.5, 10).tolist()
+                    sources = [corpus.pair(int(i))[0].tolist() for i in rows]
+                    hyps = engine.search(sources, limits, beam, length_penalty)
+                else:
+                    hyps = beam_search(teacher.model, src, beam=beam, length_penalty=length_penalty)
                 for i, h in zip(rows.tolist(), hyps, strict=True):
                     tokens[i] = h[0].tokens if h else []
                 advance(len(rows))
@@ -130,6 +145,12 @@ def distill(
         with atomic_file(path) as tmp:
             tmp.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
     stats = binarize_split(data_dir, target_split, files["src"][0], files["tgt"][0], force=True)
-    result = {**plan, "target_split": target_split, "kept": stats.kept, "pairs": stats.pairs}
+    result = {
+        **plan,
+        "backend": backend,
+        "target_split": target_split,
+        "kept": stats.kept,
+        "pairs": stats.pairs,
+    }
     (out / RESULT_FILE).write_text(json.dumps(result, indent=2) + "\n")
     return result

@@ -26,7 +26,10 @@ from lanmt_cli.commands.options import (
 )
 from lanmt_cli.errors import LanmtError
 
-DEFAULTS = "beam (the baseline), one-shot, refine1, latent-search, teacher-rescore"
+DEFAULTS = (
+    "beam (the baseline: beam 3 on CTranslate2), beam1 (greedy), one-shot, refine1, "
+    "latent-search, teacher-rescore"
+)
 
 
 def _say(message: str) -> None:

@@ -64,8 +64,11 @@ def pack(
     Put the archive and an index.json holding the entry in one folder or web folder,
     and `lanmt download NAME --mirror THERE` installs it.
     """
-    from lanmt_cli import archive
+    from lanmt_cli import archive, ct2
 
+    teacher = ct2.teacher_folder(bundle)
+    if teacher is not None:  # the teacher ships converted for CTranslate2 too
+        ct2.store_in_bundle(teacher)
     entry = archive.pack(
         bundle,
         out,

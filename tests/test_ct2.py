@@ -1,0 +1,179 @@
+"""CTranslate2 as the teacher's runtime: the converter is exact, converted once, found again."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from lanmt_cli import ct2
+from lanmt_cli.bundle import load_bundle
+from lanmt_cli.decoders import registry
+from lanmt_cli.errors import LanmtError
+from lanmt_cli.search import beam_search, greedy_search, max_lengths
+from tests.tiny import pad
+
+ROOT = Path(__file__).resolve().parent.parent
+MULTI30K = Path("/work/shared/data/multi30k")
+
+
+@pytest.fixture(scope="module")
+def teacher(tiny_bundle):
+    return load_bundle(tiny_bundle / "teacher")
+
+
+@pytest.fixture(scope="module")
+def sources(teacher, tiny_task):
+    return teacher.tokenizer.encode_src([s for s, _ in tiny_task])
+
+
+def test_greedy_on_ctranslate2_is_the_torch_teachers_token_for_token(teacher, sources):
+    m = teacher.model
+    src = pad(sources)
+    engine = ct2.engine_for(m)
+    for a, b in ((1.5, 10), (0.0, 2), (0.5, 0)):  # also where the length limit cuts
+        limits = max_lengths(src, m, a, b).tolist()
+        got = engine.search(sources, limits, beam=1)
+        assert [h[0].tokens for h in got] == greedy_search(m, src, a, b)
+    # its scores are the teacher's log-probabilities (EOS included)
+    got = engine.search(sources, max_lengths(src, m, 1.5, 10).tolist(), beam=1)
+    torch_scores = m.score(src, pad([h[0].tokens for h in got])).tolist()
+    assert [h[0].score for h in got] == pytest.approx(torch_scores, abs=1e-4)
+    hyps = beam_search(m, src, beam=1)
+    assert [h[0].score for h in got] == pytest.approx([h[0].score for h in hyps], abs=1e-4)
+
+
+def test_scoring_on_ctranslate2_equals_teacher_forcing(teacher, sources, tiny_task):
+    targets = teacher.tokenizer.encode_tgt([t for _, t in tiny_task])
+    per_token = ct2.engine_for(teacher.model).score(sources, targets)
+    assert [len(p) for p in per_token] == [len(t) + 1 for t in targets]  # EOS scored
+    expected = teacher.model.score(pad(sources), pad(targets)).tolist()
+    assert [sum(p) for p in per_token] == pytest.approx(expected, abs=1e-4)
+
+
+def test_int8_runs_and_mostly_agrees(teacher, sources):
+    exact = registry.resolve("beam")[1](teacher.model).decode(pad(sources))
+    int8 = registry.resolve("beam", {"compute_type": "int8"})[1]
+    quick = int8(teacher.model, compute_type="int8").decode(pad(sources))
+    same = sum(a.tokens == b.tokens for a, b in zip(exact, quick, strict=True))
+    assert same >= 0.8 * len(sources)
+
+
+def test_converted_once_keyed_by_the_weights(teacher, tmp_path, monkeypatch):
+    monkeypatch.setenv("LANMT_CACHE", str(tmp_path / "cache"))
+    m = teacher.model
+    first = ct2.model_dir(m)
+    assert first.parent == tmp_path / "cache" / "ctranslate2"
+    assert json.loads((first / ct2.KEY_FILE).read_text())["key"] == ct2.weights_key(m)
+    stamp = (first / "model.bin").stat().st_mtime_ns
+    assert ct2.model_dir(m) == first and (first / "model.bin").stat().st_mtime_ns == stamp
+    assert not [p for p in first.parent.iterdir() if p.name.startswith(".")]  # no temp left
+    # other weights, another conversion
+    other = load_bundle(teacher.path).model
+    with torch.no_grad():
+        other.project.weight.add_(0.01)
+    assert ct2.model_dir(other) != first
+    # a broken cached copy is rebuilt
+    (first / ct2.KEY_FILE).write_text("{")
+    assert ct2.model_dir(m) == first and json.loads((first / ct2.KEY_FILE).read_text())
+
+
+def test_a_bundle_carries_its_conversion(tiny_bundle_copy, tmp_path, monkeypatch):
+    monkeypatch.setenv("LANMT_CACHE", str(tmp_path / "cache"))
+    assert ct2.teacher_folder(tiny_bundle_copy) == tiny_bundle_copy / "teacher"
+    stored = ct2.store_in_bundle(tiny_bundle_copy / "teacher")
+    assert stored == tiny_bundle_copy / "teacher" / ct2.FOLDER
+    bundle = load_bundle(tiny_bundle_copy)
+    assert ct2.model_dir(bundle.teacher().model, bundle.teacher().path) == stored
+    assert not (tmp_path / "cache").exists()  # nothing converted again
+    # `lanmt pack` puts it into the archive
+    from typer.testing import CliRunner
+
+    from lanmt_cli.app import app
+
+    shutil.rmtree(stored)
+    result = CliRunner().invoke(app, ["pack", str(tiny_bundle_copy), "-o", str(tmp_path / "a")])
+    assert result.exit_code == 0, result.output
+    import tarfile
+
+    with tarfile.open(next((tmp_path / "a").glob("*.tar.gz"))) as tar:
+        names = tar.getnames()
+    assert "model/teacher/ctranslate2/model.bin" in names
+    # a conversion that no longer fits the weights is not used
+    with torch.no_grad():
+        changed = load_bundle(tiny_bundle_copy / "teacher").model
+        changed.project.weight.mul_(1.01)
+    assert ct2.model_dir(changed, tiny_bundle_copy / "teacher") != stored
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"backend": "onnx"}, "backend takes one of ctranslate2, torch"),
+        ({"compute_type": "int3"}, "compute_type takes one of default"),
+    ],
+)
+def test_bad_backend_options_are_refused_before_loading(options, message):
+    for name in ("beam", "teacher-rescore"):
+        with pytest.raises(LanmtError, match=message):
+            registry.resolve(name, options)
+
+
+def test_distillation_on_either_backend_gives_the_same_targets(tiny_bundle, tmp_path):
+    from lanmt_cli.data import prepare_corpus
+    from lanmt_cli.trainers.distill import distill
+    from tests.tiny import make_task
+
+    text = tmp_path / "text"
+    text.mkdir()
+    pairs = make_task(120, seed=7)
+    (text / "train.en").write_text("".join(s + "\n" for s, _ in pairs))
+    (text / "train.de").write_text("".join(t + "\n" for _, t in pairs))
+    data = tmp_path / "data"
+    prepare_corpus(
+        data, (text / "train.en", text / "train.de"), tokenizer_from=tiny_bundle / "teacher"
+    )
+    quiet = _quiet_counter
+    out = {}
+    for backend in ("ctranslate2", "torch"):
+        result = distill(
+            data, tiny_bundle / "teacher", tmp_path / backend, beam=2, show=quiet, backend=backend
+        )
+        assert result["backend"] == backend
+        out[backend] = (tmp_path / backend / "train.distill.tgt").read_text()
+    assert out["ctranslate2"] == out["torch"]
+
+
+def _quiet_counter(total, description, done=0):
+    import contextlib
+
+    return contextlib.nullcontext(lambda n: None)
+
+
+def _lines(path: Path, n: int) -> list[str]:
+    with gzip.open(path, "rt", encoding="utf-8") as f:
+        return [next(f).rstrip("\n") for _ in range(n)]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (MULTI30K / "test_2016_flickr.en.gz").is_file(), reason="no Multi30k")
+def test_beam3_bleu_of_the_shipped_teacher_is_the_same_on_ctranslate2():
+    """100 sentences of test_2016_flickr: beam 3 on both runtimes, the same BLEU."""
+    import sacrebleu
+
+    from lanmt_cli.translator import Translator
+
+    model = ROOT / "lanmt_cli" / "models" / "default"
+    src = _lines(MULTI30K / "test_2016_flickr.en.gz", 100)
+    ref = _lines(MULTI30K / "test_2016_flickr.de.gz", 100)
+    bleu = {}
+    for backend in ("ctranslate2", "torch"):
+        tr = Translator(model, "beam", {"backend": backend})
+        out = [r.translation for r in tr.translate(src)]
+        bleu[backend] = sacrebleu.corpus_bleu(out, [ref]).score
+    assert bleu["ctranslate2"] == pytest.approx(bleu["torch"], abs=0.05)
+    assert bleu["torch"] > 25
