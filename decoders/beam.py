@@ -12,7 +12,7 @@ from torch import Tensor
 
 from lanmt_cli import ct2
 from lanmt_cli.config import PAD
-from lanmt_cli.decoders.base import Decoder, Option, Output
+from lanmt_cli.decoding import Decoder, Option, Output
 from lanmt_cli.search import beam_search, max_lengths
 
 BACKEND_OPTIONS = (

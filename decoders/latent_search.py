@@ -13,7 +13,6 @@ import torch
 from torch import Tensor
 
 from lanmt_cli.config import PAD
-from lanmt_cli.decoders.base import Option, Output, content_seed
 from lanmt_cli.decoders.refine import (
     LENGTHS_OPTION,
     QUANTIZE_OPTION,
@@ -22,6 +21,7 @@ from lanmt_cli.decoders.refine import (
     length_beam,
     refine,
 )
+from lanmt_cli.decoding import Option, Output, content_seed
 
 Candidates = list[tuple[list[int], float]]  # (tokens, score) per candidate of one sentence
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from lanmt_cli.decoders.base import Output, argmax_outputs, to_outputs
 from lanmt_cli.decoders.refine import (
     LENGTHS_OPTION,
     QUANTIZE_OPTION,
@@ -18,6 +17,7 @@ from lanmt_cli.decoders.refine import (
     decode_latent,
     length_beam,
 )
+from lanmt_cli.decoding import Output, argmax_outputs, to_outputs
 
 
 class OneShot(NATDecoder):

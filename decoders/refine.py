@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from lanmt_cli.config import PAD
-from lanmt_cli.decoders.base import Decoder, Option, OptionError, Output, argmax_outputs
+from lanmt_cli.decoding import Decoder, Option, OptionError, Output, argmax_outputs
 
 MAX_STEPS = 100  # refinement converges or cycles within a few steps; more is a mistake
 MAX_LENGTHS = 20  # length-beam width limit

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from importlib import metadata
 from typing import Any
 
-from lanmt_cli.decoders.base import Decoder, OptionError
+from lanmt_cli.decoding import Decoder, OptionError
 from lanmt_cli.errors import LanmtError
 
 GROUP = "lanmt.decoders"
@@ -41,7 +41,7 @@ class Entry:
         if not (isinstance(cls, type) and issubclass(cls, Decoder)):
             raise LanmtError(
                 f"decoder {self.name} from package {self.package} ({self.target}) "
-                "is not a subclass of lanmt_cli.decoders.base.Decoder"
+                "is not a subclass of lanmt_cli.decoding.Decoder"
             )
         return cls
 

@@ -14,10 +14,10 @@ from torch import Tensor
 
 from lanmt_cli import ct2
 from lanmt_cli.config import PAD
-from lanmt_cli.decoders.base import Option
 from lanmt_cli.decoders.beam import BACKEND_OPTIONS
 from lanmt_cli.decoders.latent_search import Candidates, LatentSearch, chunks, distinct_best_first
 from lanmt_cli.decoders.refine import pad_tokens
+from lanmt_cli.decoding import Option
 from lanmt_cli.postprocess import clean_ids
 
 

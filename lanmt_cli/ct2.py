@@ -352,7 +352,7 @@ def engine_for(model, compute_type: str = "default", threads: int | None = None)
 
 def options_check(options: dict[str, Any]) -> None:
     """backend and compute_type decoder options: one clear error for a bad value."""
-    from lanmt_cli.decoders.base import OptionError
+    from lanmt_cli.decoding import OptionError
 
     if "backend" not in options:
         return

@@ -24,7 +24,7 @@ import torch
 from lanmt_cli.bundle import Bundle, load_bundle
 from lanmt_cli.config import PAD
 from lanmt_cli.decoders import registry
-from lanmt_cli.decoders.base import Decoder, Output, content_seed
+from lanmt_cli.decoding import Decoder, Output, content_seed
 from lanmt_cli.devices import pick_device
 from lanmt_cli.errors import LanmtError
 from lanmt_cli.postprocess import detokenize

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from lanmt_cli.decoders import registry
-from lanmt_cli.decoders.base import Decoder, Option, OptionError, content_seed
 from lanmt_cli.decoders.refine import Refine, decode_latent, refine
+from lanmt_cli.decoding import Decoder, Option, OptionError, content_seed
 from lanmt_cli.errors import LanmtError
 from lanmt_cli.postprocess import clean_ids
 from lanmt_cli.search import beam_search, greedy_search
