@@ -45,7 +45,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from lanmt_cli.decoders import registry
+from lanmt_cli import registry
 from lanmt_cli.errors import LanmtError
 from lanmt_cli.translator import Translator
 

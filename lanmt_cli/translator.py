@@ -21,9 +21,9 @@ from typing import Any
 
 import torch
 
+from lanmt_cli import registry
 from lanmt_cli.bundle import Bundle, load_bundle
 from lanmt_cli.config import PAD
-from lanmt_cli.decoders import registry
 from lanmt_cli.decoding import Decoder, Output, content_seed
 from lanmt_cli.devices import pick_device
 from lanmt_cli.errors import LanmtError

@@ -8,7 +8,7 @@ import shutil
 import pytest
 import torch
 
-from lanmt_cli.decoders import registry
+from lanmt_cli import registry
 from lanmt_cli.decoders.refine import Refine, decode_latent, refine
 from lanmt_cli.decoding import Decoder, Option, OptionError, content_seed
 from lanmt_cli.errors import LanmtError

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from lanmt_cli import registry
 from lanmt_cli.app import app
-from lanmt_cli.decoders import registry
 
 ROOT = Path(__file__).resolve().parent.parent
 PLUGIN = Path(__file__).parent / "fixtures" / "plugin"

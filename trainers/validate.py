@@ -164,7 +164,7 @@ def translate_ids(
 
 def decoder_fn(model, spec: str):
     """`decode(src, tgt)` through the registered decoder `spec` (e.g. refine1)."""
-    from lanmt_cli.decoders.registry import resolve
+    from lanmt_cli.registry import resolve
 
     _, cls, options = resolve(spec)
     decoder = cls(model, **options)
