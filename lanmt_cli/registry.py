@@ -149,7 +149,7 @@ def describe() -> list[dict[str, Any]]:
                     model_kind=cls.model_kind,
                     needs_teacher=cls.needs_teacher,
                     numbered_option=cls.numbered_option,
-                    options=[o.as_dict() for o in cls.options],
+                    options=[o.as_dict() for o in cls.option_specs],
                 )
             rows.append(row)
     return rows

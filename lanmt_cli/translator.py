@@ -228,7 +228,7 @@ class Translator:
                     translation=" ".join(p for p in parts if p),
                     decoder=self.name,
                     score=sum(o.score for o in outs) if outs else None,
-                    length=sum(o.length for o in outs),
+                    length=sum(len(o.tokens) for o in outs),
                     candidates=candidates,
                     pieces=len(pieces),
                     truncated=truncated,

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from lanmt_cli import registry
-from lanmt_cli.decoders.refine import Refine, decode_latent, refine
-from lanmt_cli.decoding import Decoder, Option, OptionError, content_seed
+from lanmt_cli.decoders.refine import Refine, refine
+from lanmt_cli.decoding import Decoder, Option, OptionError, content_seed, decode_latent, pad_tokens
 from lanmt_cli.errors import LanmtError
 from lanmt_cli.postprocess import clean_ids
 from lanmt_cli.search import beam_search, greedy_search
@@ -371,7 +371,6 @@ def test_lanmt_decoders_json_lists_the_new_options():
 
 def _orbits(m, source, steps: int) -> list[list[tuple[int, ...]]]:
     """The outputs of `steps` plain delta-posterior steps from one-shot, per sentence."""
-    from lanmt_cli.decoders.refine import pad_tokens
 
     y, _ = decode_latent(m, source, m.prior(source).mean)
     orbits = [[tuple(t)] for t in y]
