@@ -1,9 +1,10 @@
 """The training loop: one function that runs in-process and on every Ray Train worker.
 
-`train_loop(loop_config)` is what `TorchTrainer` runs on each worker and what
-`run_in_process` calls directly. Each worker takes its own share of the token-count
-batches, accumulates `accum` of them per update, and (with several workers) averages
-gradients through DDP. Rank 0 alone validates, writes the log and the checkpoints.
+`train_loop(cfg, worker)` runs on a `Worker`: this process (`run_in_process`), or a Ray
+Train worker (`lanmt_cli.trainers.ray_runner` subclasses `Worker`; this module does not
+know Ray). Each worker takes its own share of the token-count batches, accumulates `accum`
+of them per update, and (with several workers) averages gradients through DDP. Rank 0
+alone validates, writes the log and the checkpoints.
 """
 
 from __future__ import annotations
@@ -564,25 +565,19 @@ class Trainer:
         return [p.cpu().numpy().tobytes().hex() for p in parts]
 
 
-def train_loop(loop_config: dict[str, Any]) -> dict[str, Any] | None:
-    """One worker's training run. `loop_config`: {"config": TrainConfig dict,
-    "runner": "local" | "ray", "on_update": optional callable(trainer)}.
+def train_loop(
+    cfg: TrainConfig, worker: Worker, on_update: OnUpdate | None = None
+) -> dict[str, Any] | None:
+    """One worker's training run on `worker` (this process, or a Ray Train worker).
 
     Returns the run's summary on rank 0 ({"error": ...} when training had to stop).
     """
-    cfg = TrainConfig.from_dict(loop_config["config"])
-    if loop_config.get("runner") == "ray":
-        from lanmt_cli.trainers.ray_runner import RayWorker
-
-        worker: Worker = RayWorker()
-    else:
-        worker = Worker(cfg.device)
-    return Trainer(cfg, worker, loop_config.get("on_update")).run()
+    return Trainer(cfg, worker, on_update).run()
 
 
 def run_in_process(cfg: TrainConfig, on_update: OnUpdate | None = None) -> dict[str, Any]:
     """Train on one device in this process, without Ray."""
-    return train_loop({"config": cfg.to_dict(), "runner": "local", "on_update": on_update})
+    return train_loop(cfg, Worker(cfg.device), on_update)
 
 
 __all__ = ["Trainer", "Worker", "train_loop", "run_in_process", "LOG_FILE"]
