@@ -8,9 +8,10 @@ import pytest
 import torch
 
 from lanmt_cli.config import EOS, PAD
-from lanmt_cli.model import Gaussian, LaNMT, gaussian_kl, kl_budget, length_weights
+from lanmt_cli.model import Gaussian, LaNMT, gaussian_kl, length_weights
 from lanmt_cli.search import beam_search, greedy_search
 from lanmt_cli.teacher import Transformer, with_bos
+from lanmt_cli.trainers.schedule import kl_budget
 from tests.tiny import lanmt_config, pad, teacher_config
 
 VOCAB = 30

@@ -91,7 +91,7 @@ class TrainConfig:
 
     def check(self) -> TrainConfig:
         """Raise a LanmtError naming the first option that makes no sense."""
-        from lanmt_cli.schedule import LR_SCHEDULES
+        from lanmt_cli.trainers.schedule import LR_SCHEDULES
 
         if self.stage not in TRAIN_STAGES:
             raise LanmtError(f"unknown training stage {self.stage!r}")
