@@ -86,9 +86,8 @@ def main() -> None:
     import sacrebleu
     import torch
 
-    from lanmt_cli import ct2
+    from lanmt_cli import ct2, registry
     from lanmt_cli.bundle import load_bundle
-    from lanmt_cli.decoders import registry
     from lanmt_cli.translator import Translator
 
     torch.set_num_threads(args.threads)

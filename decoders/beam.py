@@ -10,21 +10,20 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from lanmt_cli import ct2
-from lanmt_cli.config import PAD
-from lanmt_cli.decoders.base import Decoder, Option, Output
-from lanmt_cli.search import beam_search, max_lengths
-
-BACKEND_OPTIONS = (
-    Option("backend", str, "ctranslate2", "teacher runtime: ctranslate2 or torch"),
-    Option("compute_type", str, "default", "CTranslate2 compute type: default, int8, int16, ..."),
+from lanmt_cli.decoding import (
+    BACKEND_OPTIONS,
+    Decoder,
+    Option,
+    Output,
+    check_backend_options,
+    teacher_search,
 )
 
 
 class Beam(Decoder):
     name = "beam"
     help = "Autoregressive beam search with the Transformer teacher (the baseline)."
-    options = (
+    option_specs = (
         Option("beam", int, 3, "beam size (1 = greedy)", minimum=1),
         Option("length_penalty", float, 1.0, "rank by score / length ** length_penalty"),
         Option("max_len_a", float, 1.5, "output length limit: a * source length + b", minimum=0),
@@ -39,30 +38,8 @@ class Beam(Decoder):
     @classmethod
     def check_options(cls, options):
         checked = super().check_options(options)
-        ct2.options_check(checked)
+        check_backend_options(checked)
         return checked
 
     def decode(self, src: Tensor, seeds: list[int] | None = None) -> list[Output]:
-        o = self.opts
-        beam, penalty = o["beam"], o["length_penalty"]
-        if o["backend"] == "ctranslate2":
-            lengths = (src != PAD).sum(1).tolist()
-            sources = [row[:n] for row, n in zip(src.tolist(), lengths, strict=True)]
-            limits = max_lengths(src, self.model, o["max_len_a"], o["max_len_b"]).tolist()
-            engine = ct2.engine_for(self.model, o["compute_type"])
-            found = engine.search(sources, limits, beam, penalty, o["nbest"])
-        else:
-            found = beam_search(self.model, src, beam, penalty, o["max_len_a"], o["max_len_b"])
-        outputs = []
-        for hyps in found:
-            best = hyps[0] if hyps else None
-            tokens = best.tokens if best else []
-            outputs.append(
-                Output(
-                    tokens,
-                    best.score if best else float("-inf"),
-                    len(tokens),
-                    [(h.tokens, h.score) for h in hyps[: o["nbest"]]],
-                )
-            )
-        return outputs
+        return teacher_search(self.model, src, **self.options)  # its options are the search's

@@ -13,15 +13,14 @@ import torch
 from torch import Tensor
 
 from lanmt_cli.config import PAD
-from lanmt_cli.decoders.base import Option, Output, content_seed
 from lanmt_cli.decoders.refine import (
     LENGTHS_OPTION,
     QUANTIZE_OPTION,
     NATDecoder,
-    decode_latent,
     length_beam,
     refine,
 )
+from lanmt_cli.decoding import Option, Output, content_seed, decode_latent
 
 Candidates = list[tuple[list[int], float]]  # (tokens, score) per candidate of one sentence
 
@@ -65,7 +64,7 @@ def chunks(lengths: list[int], k: int, budget: int) -> list[tuple[int, int]]:
 class LatentSearch(NATDecoder):
     name = "latent-search"
     help = "Refine K noisy prior samples at once; keep the one the model itself scores best."
-    options = (
+    option_specs = (
         Option("samples", int, 50, "latent samples K per sentence", minimum=1),
         Option("noise", float, 0.5, "scale of the prior's std in each sample", minimum=0),
         Option("steps", int, 1, "refinement steps for each sample", minimum=0),
@@ -82,7 +81,7 @@ class LatentSearch(NATDecoder):
         outputs = []
         for ranked in self.rank(src, cands):
             tokens, score = ranked[0]
-            outputs.append(Output(tokens, score, len(tokens), ranked[: self.opts["nbest"]]))
+            outputs.append(Output(tokens, score, ranked[: self.options["nbest"]]))
         return outputs
 
     def rank(self, src: Tensor, cands: list[Candidates]) -> list[Candidates]:
@@ -95,13 +94,13 @@ class LatentSearch(NATDecoder):
         if seeds is None:
             seeds = [content_seed(0, row[:n]) for row, n in zip(src.tolist(), lengths, strict=True)]
         out: list[Candidates] = []
-        per_sentence = self.opts["samples"] * self.opts["lengths"]
+        per_sentence = self.options["samples"] * self.options["lengths"]
         for a, b in chunks(lengths, per_sentence, self.max_expanded_tokens):
             out.extend(self._chunk(src[a:b], lengths[a:b], seeds[a:b]))
         return out
 
     def _chunk(self, src: Tensor, lengths: list[int], seeds: list[int]) -> list[Candidates]:
-        m, k, n = self.model, self.opts["samples"], self.opts["lengths"]
+        m, k, n = self.model, self.options["samples"], self.options["lengths"]
         src = src[:, : max(lengths)]
         source = m.encode_source(src)
         prior = m.prior(source)  # (B, Lx, D)
@@ -110,7 +109,7 @@ class LatentSearch(NATDecoder):
             [sentence_noise(s, k, n, dim, width) for s, n in zip(seeds, lengths, strict=True)]
         ).to(prior.mean)  # (B*K, Lx, D)
         rows = torch.arange(src.size(0), device=src.device).repeat_interleave(k)  # (B*K,)
-        z = prior.mean[rows] + self.opts["noise"] * prior.std[rows] * eps
+        z = prior.mean[rows] + self.options["noise"] * prior.std[rows] * eps
         ranks, beam = length_beam(
             rows.size(0), n, src.device
         )  # every sample at each of n length ranks
@@ -118,7 +117,7 @@ class LatentSearch(NATDecoder):
             rows, z = rows[beam], z[beam]  # (B*K*N,) sentence i, sample s, rank r
         expanded = source.select(rows)
         tokens, scores = decode_latent(m, expanded, z, ranks)
-        steps = self.opts["steps"]
+        steps = self.options["steps"]
         tokens, scores, _ = refine(m, expanded, tokens, scores, steps, ranks, rows.tolist())
         pairs = list(zip(tokens, scores, strict=True))
         return [pairs[i * k * n : (i + 1) * k * n] for i in range(src.size(0))]

@@ -9,25 +9,24 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from lanmt_cli.decoders.base import Output, argmax_outputs, to_outputs
 from lanmt_cli.decoders.refine import (
     LENGTHS_OPTION,
     QUANTIZE_OPTION,
     NATDecoder,
     best_of,
-    decode_latent,
     length_beam,
 )
+from lanmt_cli.decoding import Output, argmax_outputs, decode_latent, to_outputs
 
 
 class OneShot(NATDecoder):
     name = "one-shot"
     help = "Decode once from the prior mean (fastest)."
-    options = (LENGTHS_OPTION, QUANTIZE_OPTION)
+    option_specs = (LENGTHS_OPTION, QUANTIZE_OPTION)
 
     @torch.no_grad()
     def decode(self, src: Tensor, seeds: list[int] | None = None) -> list[Output]:
-        m, n = self.model, self.opts["lengths"]
+        m, n = self.model, self.options["lengths"]
         source = m.encode_source(src)
         z = m.prior(source).mean  # (B, Lx, D)
         if n == 1:

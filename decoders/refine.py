@@ -15,49 +15,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from lanmt_cli.config import PAD
-from lanmt_cli.decoders.base import Decoder, Option, OptionError, Output, argmax_outputs
+from lanmt_cli.decoding import Decoder, Option, OptionError, Output, decode_latent, pad_tokens
 
 MAX_STEPS = 100  # refinement converges or cycles within a few steps; more is a mistake
 MAX_LENGTHS = 20  # length-beam width limit
-
-
-def length_choices(model, source, z: Tensor, ranks: Tensor) -> tuple[Tensor, Tensor]:
-    """The `ranks[i]`-th most likely target length of each row (B,) and its log-probability."""
-    logp = model.length_logits(source, z).float().log_softmax(-1)  # (B, 2W)
-    top_logp, top = logp.topk(int(ranks.max()) + 1, dim=-1)  # (B, R)
-    pick = ranks[:, None]
-    delta = top.gather(1, pick)[:, 0] - model.config.length_window
-    lengths = (source.lengths + delta).clamp(1, model.config.max_len)
-    return lengths, top_logp.gather(1, pick)[:, 0]
-
-
-def decode_latent(
-    model, source, z: Tensor, ranks: Tensor | None = None
-) -> tuple[list[list[int]], list[float]]:
-    """Length, then argmax tokens, from latents z (B, Lx, D): token lists and their scores.
-
-    ranks None: the most likely length, score = token log-probabilities. ranks (B,): the
-    ranks[i]-th most likely length, score = joint with the length's log-probability.
-    """
-    if ranks is None:
-        lengths, length_logp = model.predict_length(source, z), None  # (B,)
-    else:
-        lengths, length_logp = length_choices(model, source, z, ranks)
-    tokens, scores = argmax_outputs(model.log_probs(source, z, lengths), lengths)
-    if length_logp is not None:
-        scores = scores + length_logp
-    rows = tokens.tolist()
-    return [row[: int(n)] for row, n in zip(rows, lengths.tolist(), strict=True)], scores.tolist()
-
-
-def pad_tokens(seqs: list[list[int]], device) -> Tensor:
-    """Token lists -> (B, L) LongTensor padded with PAD (L >= 1)."""
-    width = max(1, max(len(s) for s in seqs))
-    out = torch.full((len(seqs), width), PAD, dtype=torch.long)
-    for i, s in enumerate(seqs):
-        out[i, : len(s)] = torch.tensor(s, dtype=torch.long)
-    return out.to(device)
 
 
 def refine(
@@ -127,7 +88,7 @@ def best_of(tokens: list, scores: list[float], n: int) -> list[Output]:
         order = sorted(range(n), key=lambda k: -group[k][1])  # ties: the more likely length
         t, s = group[order[0]]
         cands = [group[k] for k in order] if n > 1 else []
-        outputs.append(Output(list(t), s, len(t), cands))
+        outputs.append(Output(list(t), s, cands))
     return outputs
 
 
@@ -154,7 +115,7 @@ class NATDecoder(Decoder):
 
     def __init__(self, model, teacher=None, **options):
         super().__init__(model, teacher, **options)
-        if self.opts.get("quantize", "none") == "int8" and model is not None:
+        if self.options.get("quantize", "none") == "int8" and model is not None:
             if next(model.parameters()).device.type != "cpu":
                 raise OptionError(f"option quantize=int8 of decoder {self.name} runs on a CPU only")
             self.model = quantized(model)
@@ -183,7 +144,7 @@ class NATDecoder(Decoder):
 class Refine(NATDecoder):
     name = "refine"
     help = "One-shot, then N deterministic refinement steps with the posterior mean."
-    options = (
+    option_specs = (
         Option(
             "steps",
             int,
@@ -198,7 +159,7 @@ class Refine(NATDecoder):
 
     @torch.no_grad()
     def decode(self, src: Tensor, seeds: list[int] | None = None) -> list[Output]:
-        m, n = self.model, self.opts["lengths"]
+        m, n = self.model, self.options["lengths"]
         source = m.encode_source(src)
         z = m.prior(source).mean  # (B, Lx, D)
         ranks, rows = length_beam(src.size(0), n, src.device)
@@ -206,5 +167,5 @@ class Refine(NATDecoder):
             source, z = source.select(rows), z[rows]
         tokens, scores = decode_latent(m, source, z, ranks)
         groups = rows.tolist()
-        tokens, scores, _ = refine(m, source, tokens, scores, self.opts["steps"], ranks, groups)
+        tokens, scores, _ = refine(m, source, tokens, scores, self.options["steps"], ranks, groups)
         return best_of(tokens, scores, n)

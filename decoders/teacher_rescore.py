@@ -9,23 +9,19 @@ The candidates reported carry the teacher's scores.
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
-from lanmt_cli import ct2
 from lanmt_cli.config import PAD
-from lanmt_cli.decoders.base import Option
-from lanmt_cli.decoders.beam import BACKEND_OPTIONS
 from lanmt_cli.decoders.latent_search import Candidates, LatentSearch, chunks, distinct_best_first
-from lanmt_cli.decoders.refine import pad_tokens
+from lanmt_cli.decoding import BACKEND_OPTIONS, Option, check_backend_options, teacher_scores
 from lanmt_cli.postprocess import clean_ids
 
 
 class TeacherRescore(LatentSearch):
     name = "teacher-rescore"
     help = "Latent search whose candidates the autoregressive teacher scores; its best wins."
-    options = (
-        *LatentSearch.options,
+    option_specs = (
+        *LatentSearch.option_specs,
         Option("normalize", bool, False, "rank by the teacher's score per token (EOS counted)"),
         *BACKEND_OPTIONS,
     )
@@ -34,7 +30,7 @@ class TeacherRescore(LatentSearch):
     @classmethod
     def check_options(cls, options):
         checked = super().check_options(options)
-        ct2.options_check(checked)
+        check_backend_options(checked)
         return checked
 
     def rank(self, src: Tensor, cands: list[Candidates]) -> list[Candidates]:
@@ -45,31 +41,27 @@ class TeacherRescore(LatentSearch):
         ]
         rows = [i for i in range(len(cands)) for _ in distinct[i]]
         ys = [list(y) for i in range(len(cands)) for y in distinct[i]]
-        scores = self.teacher_scores(src, lengths, rows, ys)
-        if self.opts["normalize"]:
+        scores = self.score_candidates(src, lengths, rows, ys)
+        if self.options["normalize"]:
             scores = [s / (len(y) + 1) for s, y in zip(scores, ys, strict=True)]
         pairs = iter(zip(ys, scores, strict=True))
         return [distinct_best_first([next(pairs) for _ in distinct[i]]) for i in range(len(cands))]
 
-    def teacher_scores(
+    def score_candidates(
         self, src: Tensor, lengths: list[int], rows: list[int], ys: list[list[int]]
     ) -> list[float]:
         """log p_AR(ys[j] | src[rows[j]]), EOS included, for every candidate j."""
-        if self.opts["backend"] == "ctranslate2":
-            sources = [row[:n] for row, n in zip(src.tolist(), lengths, strict=True)]
-            engine = ct2.engine_for(self.teacher, self.opts["compute_type"])
-            per_token = engine.score([sources[r] for r in rows], ys)
-            return [sum(t) for t in per_token]
-        scores: list[float] = []
-        samples = self.opts["samples"] * self.opts["lengths"]
+        o = self.options
+        if o["backend"] == "ctranslate2":
+            return teacher_scores(self.teacher, src, rows, ys, "ctranslate2", o["compute_type"])
+        scores: list[float] = []  # PyTorch: sentences in chunks, as they were decoded
         start = 0
-        for a, b in chunks(lengths, samples, self.max_expanded_tokens):
+        for a, b in chunks(lengths, o["samples"] * o["lengths"], self.max_expanded_tokens):
             end = start
             while end < len(rows) and rows[end] < b:
                 end += 1
-            index = torch.tensor([r - a for r in rows[start:end]], device=src.device)
-            memory = self.teacher.encode(src[a:b, : max(lengths[a:b])]).select(index)
-            y = pad_tokens(ys[start:end], src.device)
-            scores.extend(self.teacher.score(None, y, memory).tolist())
+            sub = src[a:b, : max(lengths[a:b])]
+            index = [r - a for r in rows[start:end]]
+            scores.extend(teacher_scores(self.teacher, sub, index, ys[start:end], "torch"))
             start = end
         return scores

@@ -19,11 +19,16 @@ import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import TYPE_CHECKING
 
-from lanmt_cli.config import config_from_dict, config_to_dict
+from lanmt_cli.config import LaNMTConfig, TransformerConfig, config_from_dict, config_to_dict
 from lanmt_cli.errors import LanmtError
 from lanmt_cli.textio import atomic_dir
+
+if TYPE_CHECKING:
+    from lanmt_cli.model import LaNMT
+    from lanmt_cli.teacher import Transformer
+    from lanmt_cli.tokenizer import Tokenizer
 
 FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"
@@ -127,9 +132,9 @@ class Bundle:
 
     path: Path
     meta: dict
-    config: Any
-    model: Any  # torch.nn.Module
-    tokenizer: Any  # lanmt_cli.tokenizer.Tokenizer
+    config: LaNMTConfig | TransformerConfig
+    model: LaNMT | Transformer  # as `config.kind` says; `teacher()` is the teacher's bundle
+    tokenizer: Tokenizer
     device: str = "cpu"
     _teacher: Bundle | None = field(default=None, repr=False)
 

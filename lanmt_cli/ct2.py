@@ -22,7 +22,6 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from lanmt_cli.config import BOS, EOS, PAD, UNK
 from lanmt_cli.errors import LanmtError
@@ -348,20 +347,3 @@ def engine_for(model, compute_type: str = "default", threads: int | None = None)
         path = model_dir(model, getattr(model, "bundle_dir", None))
         engines[compute_type, threads] = Engine(path, compute_type, threads)
     return engines[compute_type, threads]
-
-
-def options_check(options: dict[str, Any]) -> None:
-    """backend and compute_type decoder options: one clear error for a bad value."""
-    from lanmt_cli.decoders.base import OptionError
-
-    if "backend" not in options:
-        return
-    if options.get("backend") not in BACKENDS:
-        raise OptionError(
-            f"option backend takes one of {', '.join(BACKENDS)}, got {options.get('backend')!r}"
-        )
-    if options.get("compute_type") not in COMPUTE_TYPES:
-        raise OptionError(
-            f"option compute_type takes one of {', '.join(COMPUTE_TYPES)}, "
-            f"got {options.get('compute_type')!r}"
-        )

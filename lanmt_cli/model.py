@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lanmt_cli import metrics as metric
 from lanmt_cli.config import PAD, LaNMTConfig
 from lanmt_cli.layers import Embedding, Stack, key_mask, sinusoid, smoothed_nll
 
@@ -51,18 +52,6 @@ def gaussian_kl(q: Gaussian, p: Gaussian) -> Tensor:
     var_ratio = (q.std / p.std) ** 2
     mean_term = ((q.mean - p.mean) / p.std) ** 2
     return 0.5 * (var_ratio + mean_term - 1.0 - var_ratio.log()).sum(-1)
-
-
-def kl_budget(
-    step: int, total_steps: int, budget: float = 1.0, anneal: bool = True, floor: float = 0.0
-) -> float:
-    """Free-bits budget: `budget` for the first half of training, then linearly to `floor`."""
-    if not anneal or total_steps <= 0:
-        return budget
-    half = total_steps / 2
-    if step <= half:
-        return budget
-    return floor + (budget - floor) * max(0.0, 1.0 - (step - half) / half)
 
 
 # Both latent heads start as the same near-standard Gaussian, whatever the states: KL starts
@@ -178,7 +167,7 @@ class LaNMT(nn.Module):
 
     # -- training ------------------------------------------------------------
     def forward(
-        self, src: Tensor, tgt: Tensor, kl_budget: float = 1.0, **_
+        self, src: Tensor, tgt: Tensor, kl_budget: float = 1.0
     ) -> tuple[Tensor, dict[str, Tensor]]:
         """Negative ELBO with free bits, divided by the target tokens; and metrics.
 
@@ -213,17 +202,17 @@ class LaNMT(nn.Module):
         loss = (loss_sum + len_loss_sum + kl_used.sum()) / ntok
         nsrc = source.valid.sum()
         metrics = {
-            "loss": loss.detach(),
-            "nll": nll_sum.detach() / ntok,
-            "word_acc": correct.float() / ntok,
-            "len_loss": len_loss_sum.detach() / src.size(0),
-            "len_acc": len_acc,
-            "KL_budget": torch.tensor(float(kl_budget)),
-            "kl": kl.sum().detach() / src.size(0),  # per sentence
-            "tok_kl": kl.sum().detach() / nsrc,  # per source token
-            "prior_sigma": (prior.std.mean(-1) * source.valid).sum().detach() / nsrc,
-            "post_sigma": (post.std.mean(-1) * source.valid).sum().detach() / nsrc,
-            "ntokens": ntok.float(),
+            metric.LOSS: loss.detach(),
+            metric.NLL: nll_sum.detach() / ntok,
+            metric.WORD_ACC: correct.float() / ntok,
+            metric.LEN_LOSS: len_loss_sum.detach() / src.size(0),
+            metric.LEN_ACC: len_acc,
+            metric.KL_BUDGET: torch.tensor(float(kl_budget)),
+            metric.KL: kl.sum().detach() / src.size(0),  # per sentence
+            metric.TOK_KL: kl.sum().detach() / nsrc,  # per source token
+            metric.PRIOR_SIGMA: (prior.std.mean(-1) * source.valid).sum().detach() / nsrc,
+            metric.POST_SIGMA: (post.std.mean(-1) * source.valid).sum().detach() / nsrc,
+            metric.NTOKENS: ntok.float(),
         }
         return loss, metrics
 
@@ -232,4 +221,4 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-__all__ = ["LaNMT", "Source", "Gaussian", "gaussian_kl", "kl_budget", "length_weights"]
+__all__ = ["LaNMT", "Source", "Gaussian", "gaussian_kl", "length_weights"]

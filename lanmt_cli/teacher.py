@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from lanmt_cli import metrics as metric
 from lanmt_cli.config import BOS, EOS, PAD, TransformerConfig
 from lanmt_cli.layers import Embedding, Stack, causal_mask, key_mask, smoothed_nll
 
@@ -108,7 +109,7 @@ class Transformer(nn.Module):
         return (tok * (out != PAD)).sum(1)
 
     # -- training ------------------------------------------------------------
-    def forward(self, src: Tensor, tgt: Tensor, **_) -> tuple[Tensor, dict[str, Tensor]]:
+    def forward(self, src: Tensor, tgt: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         """Label-smoothed loss per target token (EOS included) and metrics."""
         inp, out = with_bos(tgt)
         logits = self.logits(self.encode(src), inp)
@@ -118,9 +119,9 @@ class Transformer(nn.Module):
         correct = ((logits.argmax(-1) == out) & valid).sum()
         loss = loss_sum / ntok
         metrics = {
-            "loss": loss.detach(),
-            "nll": nll_sum.detach() / ntok,
-            "word_acc": correct.float() / ntok,
-            "ntokens": ntok.float(),
+            metric.LOSS: loss.detach(),
+            metric.NLL: nll_sum.detach() / ntok,
+            metric.WORD_ACC: correct.float() / ntok,
+            metric.NTOKENS: ntok.float(),
         }
         return loss, metrics

@@ -21,10 +21,10 @@ from typing import Any
 
 import torch
 
+from lanmt_cli import registry
 from lanmt_cli.bundle import Bundle, load_bundle
 from lanmt_cli.config import PAD
-from lanmt_cli.decoders import registry
-from lanmt_cli.decoders.base import Decoder, Output, content_seed
+from lanmt_cli.decoding import Decoder, Output, content_seed
 from lanmt_cli.devices import pick_device
 from lanmt_cli.errors import LanmtError
 from lanmt_cli.postprocess import detokenize
@@ -228,7 +228,7 @@ class Translator:
                     translation=" ".join(p for p in parts if p),
                     decoder=self.name,
                     score=sum(o.score for o in outs) if outs else None,
-                    length=sum(o.length for o in outs),
+                    length=sum(len(o.tokens) for o in outs),
                     candidates=candidates,
                     pieces=len(pieces),
                     truncated=truncated,

@@ -10,9 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from lanmt_cli import ct2
+from lanmt_cli import ct2, registry
 from lanmt_cli.bundle import load_bundle
-from lanmt_cli.decoders import registry
 from lanmt_cli.errors import LanmtError
 from lanmt_cli.search import beam_search, greedy_search, max_lengths
 from tests.tiny import pad

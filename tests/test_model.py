@@ -8,9 +8,10 @@ import pytest
 import torch
 
 from lanmt_cli.config import EOS, PAD
-from lanmt_cli.model import Gaussian, LaNMT, gaussian_kl, kl_budget, length_weights
+from lanmt_cli.model import Gaussian, LaNMT, gaussian_kl, length_weights
 from lanmt_cli.search import beam_search, greedy_search
 from lanmt_cli.teacher import Transformer, with_bos
+from lanmt_cli.trainers.schedule import kl_budget
 from tests.tiny import lanmt_config, pad, teacher_config
 
 VOCAB = 30
@@ -155,13 +156,22 @@ def test_gradients_reach_every_parameter(kind, lanmt, teacher):
     model = lanmt if kind == "lanmt" else teacher
     model.train()
     src, tgt = pad(random_batch(4, 3, 8)), pad(random_batch(4, 3, 8, seed=5))
-    loss, metrics = model(src, tgt, kl_budget=0.0)
+    loss, metrics = model(src, tgt, **({"kl_budget": 0.0} if kind == "lanmt" else {}))
     loss.backward()
     for name, p in model.named_parameters():
         assert p.grad is not None and p.grad.abs().sum() > 0, name
     if kind == "lanmt":
         names = "len_loss len_acc loss word_acc KL_budget kl tok_kl nll"
         assert set(names.split()) <= set(metrics)
+
+
+def test_forward_refuses_arguments_a_model_does_not_take(lanmt, teacher):
+    """A misspelt or foreign keyword is an error, not silently ignored."""
+    src, tgt = pad(random_batch(2, 3, 8)), pad(random_batch(2, 3, 8, seed=5))
+    with pytest.raises(TypeError, match="kl_budjet"):
+        lanmt(src, tgt, kl_budjet=0.0)
+    with pytest.raises(TypeError, match="kl_budget"):
+        teacher(src, tgt, kl_budget=0.0)  # the teacher has no KL term
 
 
 # -- teacher: incremental decoding, search --------------------------------------------

@@ -2,11 +2,13 @@
 
 The package (tests/fixtures/plugin/) is built and installed with pip into a folder of its own,
 which is then put on the path; `importlib.metadata` finds its entry point there exactly as it
-would in site-packages. Afterwards the folder leaves the path and the decoder is gone.
+would in site-packages. Afterwards the folder leaves the path and the decoder is gone. It is
+written against the one interface module, `lanmt_cli.decoding`.
 """
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import shutil
@@ -17,8 +19,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from lanmt_cli import registry
 from lanmt_cli.app import app
-from lanmt_cli.decoders import registry
 
 ROOT = Path(__file__).resolve().parent.parent
 PLUGIN = Path(__file__).parent / "fixtures" / "plugin"
@@ -59,6 +61,21 @@ def test_plugin_is_listed_by_a_fresh_process(plugin_site):
     assert greedy["entry_point"] == "lanmt_greedy_plugin:Greedy"
     assert [o["name"] for o in greedy["options"]] == ["max_len_b"]
     assert rows["refine"]["package"] == "lanmt"  # built-ins take the same path
+
+
+def test_plugin_needs_only_the_decoding_interface(plugin_site):
+    """The plugin imports one lanmt module, which brings no built-in decoder along."""
+    tree = ast.parse((PLUGIN / "lanmt_greedy_plugin.py").read_text())
+    modules = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    modules |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    assert {m for m in modules if m.startswith("lanmt_cli")} == {"lanmt_cli.decoding"}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(plugin_site), str(ROOT)])}
+    code = "import sys, lanmt_greedy_plugin; print(' '.join(sorted(sys.modules)))"
+    loaded = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert "lanmt_cli.decoding" in loaded
+    assert not [m for m in loaded if m.startswith(("lanmt_cli.decoders", "lanmt_cli.registry"))]
 
 
 def test_plugin_decoder_translates(installed, tiny_bundle, tiny_task):

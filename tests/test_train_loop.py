@@ -14,11 +14,10 @@ from typer.testing import CliRunner
 from lanmt_cli.app import app
 from lanmt_cli.bundle import load_bundle
 from lanmt_cli.errors import LanmtError
-from lanmt_cli.model import kl_budget
-from lanmt_cli.schedule import learning_rate, parse_duration
 from lanmt_cli.trainers.checkpoint import STATE_JSON, STATE_TENSORS, load_state
 from lanmt_cli.trainers.config import TrainConfig
 from lanmt_cli.trainers.loop import LOG_FILE, run_in_process
+from lanmt_cli.trainers.schedule import kl_budget, learning_rate, parse_duration
 from lanmt_cli.trainers.stages import Launch, distill_stage, train_stage
 from tests.tiny import make_task
 

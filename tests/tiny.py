@@ -73,8 +73,8 @@ def train(model, batches, steps: int, lr: float = 3e-3, lanmt: bool = False) -> 
 
     LaNMT follows the KL budget schedule of `lanmt train`'s defaults, over `steps`.
     """
-    from lanmt_cli.model import kl_budget
     from lanmt_cli.trainers.config import STAGE_DEFAULTS, TrainConfig
+    from lanmt_cli.trainers.schedule import kl_budget
 
     recipe = TrainConfig(stage="lanmt", data="", out="", **STAGE_DEFAULTS["lanmt"])
     opt = torch.optim.Adam(model.parameters(), lr=lr, betas=(0.9, 0.98))

@@ -91,7 +91,7 @@ class TrainConfig:
 
     def check(self) -> TrainConfig:
         """Raise a LanmtError naming the first option that makes no sense."""
-        from lanmt_cli.schedule import LR_SCHEDULES
+        from lanmt_cli.trainers.schedule import LR_SCHEDULES
 
         if self.stage not in TRAIN_STAGES:
             raise LanmtError(f"unknown training stage {self.stage!r}")
@@ -117,7 +117,7 @@ class TrainConfig:
             choices = ", ".join(TEACHER_INIT_PARTS)
             raise LanmtError(f"unknown --teacher-init {self.teacher_init!r} ({choices})")
         if self.stage != "teacher" and self.bleu:
-            from lanmt_cli.decoders.registry import find
+            from lanmt_cli.registry import find
 
             if find(self.select)[1].needs_teacher:
                 raise LanmtError(f"--select {self.select}: validation decodes without a teacher")

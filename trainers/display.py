@@ -16,16 +16,20 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from lanmt_cli.schedule import format_duration
+from lanmt_cli import metrics as metric
+from lanmt_cli.trainers.schedule import format_duration
 
 # The seed's validation metrics, in its order; then BLEU.
-VALID_KEYS = ("len_loss", "len_acc", "loss", "word_acc", "KL_budget", "kl", "tok_kl", "nll")
+VALID_KEYS = (
+    metric.LEN_LOSS, metric.LEN_ACC, metric.LOSS, metric.WORD_ACC, metric.KL_BUDGET, metric.KL,
+    metric.TOK_KL, metric.NLL,
+)  # fmt: skip
 # Is the latent alive? (LaNMT only; trainers/validate.py)
 LATENT_KEYS = (
-    "acc_post", "acc_prior", "latent_gain", "prior_sigma", "post_sigma", "repeat_rate",
-    "bleu_one_shot", "bleu_refine1", "bleu_oracle",
+    metric.ACC_POST, metric.ACC_PRIOR, metric.LATENT_GAIN, metric.PRIOR_SIGMA, metric.POST_SIGMA,
+    metric.REPEAT_RATE, metric.BLEU_ONE_SHOT, metric.BLEU_REFINE1, metric.BLEU_ORACLE,
 )  # fmt: skip
-TRAIN_KEYS = ("loss", "nll", "word_acc", "KL_budget", "tok_kl")
+TRAIN_KEYS = (metric.LOSS, metric.NLL, metric.WORD_ACC, metric.KL_BUDGET, metric.TOK_KL)
 
 
 def _console():
@@ -135,7 +139,7 @@ class TrainDisplay:
             )
 
     def on_valid(self, r: dict[str, Any]) -> None:
-        bleu = f" | BLEU {r['bleu']:.2f}" if "bleu" in r else ""
+        bleu = f" | BLEU {r[metric.BLEU]:.2f}" if metric.BLEU in r else ""
         mark = " (best)" if r.get("best") else ""
         self.print(f"{r['stage']} valid {r['step']:,} | {_metrics(r, VALID_KEYS)}{bleu}{mark}")
         if any(k in r for k in LATENT_KEYS):

@@ -1,9 +1,10 @@
 """The training loop: one function that runs in-process and on every Ray Train worker.
 
-`train_loop(loop_config)` is what `TorchTrainer` runs on each worker and what
-`run_in_process` calls directly. Each worker takes its own share of the token-count
-batches, accumulates `accum` of them per update, and (with several workers) averages
-gradients through DDP. Rank 0 alone validates, writes the log and the checkpoints.
+`train_loop(cfg, worker)` runs on a `Worker`: this process (`run_in_process`), or a Ray
+Train worker (`lanmt_cli.trainers.ray_runner` subclasses `Worker`; this module does not
+know Ray). Each worker takes its own share of the token-count batches, accumulates `accum`
+of them per update, and (with several workers) averages gradients through DDP. Rank 0
+alone validates, writes the log and the checkpoints.
 """
 
 from __future__ import annotations
@@ -20,13 +21,13 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from lanmt_cli import metrics as metric
 from lanmt_cli.bundle import WEIGHTS_FILE, build_model, load_bundle, load_weights, read_config
 from lanmt_cli.config import config_from_dict
 from lanmt_cli.data import Corpus, read_meta, token_batches
 from lanmt_cli.devices import pick_device
 from lanmt_cli.errors import LanmtError
-from lanmt_cli.model import count_parameters, kl_budget
-from lanmt_cli.schedule import learning_rate
+from lanmt_cli.model import count_parameters
 from lanmt_cli.tokenizer import Tokenizer
 from lanmt_cli.trainers.checkpoint import (
     Position,
@@ -43,6 +44,7 @@ from lanmt_cli.trainers.config import (
     apply_model_overrides,
     model_config,
 )
+from lanmt_cli.trainers.schedule import kl_budget, learning_rate
 from lanmt_cli.trainers.validate import (
     MetricSums,
     bleu_score,
@@ -260,10 +262,14 @@ class Trainer:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=self.dtype)
 
-    def budget(self, step: int) -> float:
-        """KL budget of update `step` (1-based)."""
+    def forward_args(self, step: int) -> dict[str, float]:
+        """Keyword arguments of the model's forward at update `step` (1-based): LaNMT takes
+        its KL budget, the teacher nothing."""
+        if self.model.config.kind != "lanmt":
+            return {}
         cfg = self.cfg
-        return kl_budget(step, self.total_steps, cfg.kl_budget, cfg.kl_anneal, cfg.kl_floor)
+        budget = kl_budget(step, self.total_steps, cfg.kl_budget, cfg.kl_anneal, cfg.kl_floor)
+        return {"kl_budget": budget}
 
     def elapsed(self) -> float:
         return self.elapsed_before + time.monotonic() - self.run_start
@@ -291,16 +297,16 @@ class Trainer:
         Returns True when every worker agrees to stop (time is up, or patience ran out).
         """
         cfg, model = self.cfg, self.ddp or self.model
-        budget = self.budget(self.pos.step + 1)
+        forward_args = self.forward_args(self.pos.step + 1)
         tokens, bad = 0.0, 0.0
         for j, (_, _, idx) in enumerate(group):
             src, tgt = (t.to(self.device, non_blocking=True) for t in self.train.collate(idx))
             syncs = self.ddp is None or j == len(group) - 1
             with contextlib.nullcontext() if syncs else self.ddp.no_sync():
                 with self.autocast():
-                    loss, metrics = model(src, tgt, kl_budget=budget)
+                    loss, metrics = model(src, tgt, **forward_args)
                 # sum over tokens (scaled to stay near 1), divided by all tokens below
-                scaled = loss * (metrics["ntokens"] / cfg.max_tokens)
+                scaled = loss * (metrics[metric.NTOKENS] / cfg.max_tokens)
                 if self.scaler is not None:
                     scaled = self.scaler.scale(scaled)
                 scaled.backward()  # even when not finite, so that DDP stays in step
@@ -308,7 +314,7 @@ class Trainer:
                 self.sums.add(metrics, src, tgt)
             else:
                 bad = 1.0
-            tokens += float(metrics["ntokens"])
+            tokens += float(metrics[metric.NTOKENS])
         time_up = cfg.max_time is not None and self.elapsed() >= cfg.max_time
         all_tokens, any_bad, stop = self.all_sum(
             [tokens, bad, float(time_up or self.stop_requested)]
@@ -396,9 +402,9 @@ class Trainer:
             cfg.max_tokens,
             self.device,
             self.autocast,
-            self.budget(max(self.pos.step, 1)),
+            self.forward_args(max(self.pos.step, 1)),
         )
-        metrics.pop("ntokens", None)
+        metrics.pop(metric.NTOKENS, None)
         count = min(cfg.bleu_sents or len(self.valid), len(self.valid))
         if cfg.bleu and self.model.config.kind == "lanmt":
             metrics |= lanmt_bleus(
@@ -422,8 +428,8 @@ class Trainer:
                 self.autocast,
                 beam=cfg.valid_beam,
             )
-            metrics["bleu"] = bleu_score(self.model, self.tokenizer, hyps, self.references)
-        score = metrics["bleu"] if cfg.bleu else -metrics["loss"]
+            metrics[metric.BLEU] = bleu_score(self.model, self.tokenizer, hyps, self.references)
+        score = metrics[metric.BLEU] if cfg.bleu else -metrics[metric.LOSS]
         pos = self.pos
         best = pos.best_score is None or score > pos.best_score
         if best:
@@ -564,25 +570,19 @@ class Trainer:
         return [p.cpu().numpy().tobytes().hex() for p in parts]
 
 
-def train_loop(loop_config: dict[str, Any]) -> dict[str, Any] | None:
-    """One worker's training run. `loop_config`: {"config": TrainConfig dict,
-    "runner": "local" | "ray", "on_update": optional callable(trainer)}.
+def train_loop(
+    cfg: TrainConfig, worker: Worker, on_update: OnUpdate | None = None
+) -> dict[str, Any] | None:
+    """One worker's training run on `worker` (this process, or a Ray Train worker).
 
     Returns the run's summary on rank 0 ({"error": ...} when training had to stop).
     """
-    cfg = TrainConfig.from_dict(loop_config["config"])
-    if loop_config.get("runner") == "ray":
-        from lanmt_cli.trainers.ray_runner import RayWorker
-
-        worker: Worker = RayWorker()
-    else:
-        worker = Worker(cfg.device)
-    return Trainer(cfg, worker, loop_config.get("on_update")).run()
+    return Trainer(cfg, worker, on_update).run()
 
 
 def run_in_process(cfg: TrainConfig, on_update: OnUpdate | None = None) -> dict[str, Any]:
     """Train on one device in this process, without Ray."""
-    return train_loop({"config": cfg.to_dict(), "runner": "local", "on_update": on_update})
+    return train_loop(cfg, Worker(cfg.device), on_update)
 
 
 __all__ = ["Trainer", "Worker", "train_loop", "run_in_process", "LOG_FILE"]

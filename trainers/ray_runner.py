@@ -1,10 +1,10 @@
 """Ray Train: the same training loop on N workers (one per GPU, or CPU workers with gloo).
 
 Only the training path imports this module, and with it Ray. Each worker runs
-`lanmt_cli.trainers.loop.train_loop`; rank 0 reports every checkpoint it writes to Ray, which
-keeps a copy under RUN/STAGE/ray/ and, when a worker dies or raises, restarts the
-whole worker group from the latest one (up to `max_failures` times). Running the same
-stage again with --resume continues the same Ray run (same storage path and name).
+`lanmt_cli.trainers.loop.train_loop` on a `RayWorker`; rank 0 reports every checkpoint it
+writes to Ray, which keeps a copy under RUN/STAGE/ray/ and, when a worker dies or raises,
+restarts the whole worker group from the latest one (up to `max_failures` times). Running
+the same stage again with --resume continues the same Ray run (same storage path and name).
 """
 
 from __future__ import annotations
@@ -51,6 +51,13 @@ class RayWorker(Worker):
         ckpt = Checkpoint.from_directory(str(checkpoint)) if checkpoint is not None else None
         name = f"step-{int(metrics.get('step', 0)):09d}" if ckpt is not None else None
         ray.train.report(metrics, checkpoint=ckpt, checkpoint_dir_name=name)
+
+
+def worker_loop(loop_config: dict[str, Any]) -> dict[str, Any] | None:
+    """What TorchTrainer runs on each worker. `loop_config`: {"config": TrainConfig dict,
+    "on_update": optional callable(trainer)}."""
+    cfg = TrainConfig.from_dict(loop_config["config"])
+    return train_loop(cfg, RayWorker(), loop_config.get("on_update"))
 
 
 @contextlib.contextmanager
@@ -116,8 +123,8 @@ def run_with_ray(cfg: TrainConfig, launch, on_update: OnUpdate | None = None) ->
     with ray_cluster(launch.ray_address, local_cpus):
         _check_resources(workers, use_gpu, cpus)
         trainer = TorchTrainer(
-            train_loop,
-            train_loop_config={"config": cfg.to_dict(), "runner": "ray", "on_update": on_update},
+            worker_loop,
+            train_loop_config={"config": cfg.to_dict(), "on_update": on_update},
             scaling_config=ScalingConfig(
                 num_workers=workers, use_gpu=use_gpu, resources_per_worker=resources
             ),

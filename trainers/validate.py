@@ -15,15 +15,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from lanmt_cli import metrics as metric
 from lanmt_cli.config import PAD
 from lanmt_cli.data import Corpus, read_meta, token_batches
 from lanmt_cli.textio import read_lines
-
-# How each validation metric is averaged over batches: by target tokens (the default),
-# sentences or source tokens.
-PER_SENTENCE = {"kl", "len_loss", "len_acc"}
-PER_SOURCE_TOKEN = {"tok_kl", "prior_sigma", "post_sigma"}
-NOT_AVERAGED = {"ntokens", "KL_budget"}
 
 
 def split_text(data_dir: Path, split: str, side: str, tokenizer) -> list[str]:
@@ -59,15 +54,15 @@ class MetricSums:
         self.last: dict[str, float] = {}
 
     def add(self, metrics: dict, src: torch.Tensor, tgt: torch.Tensor) -> None:
-        ntok = float(metrics["ntokens"])
+        ntok = float(metrics[metric.NTOKENS])
         for name, value in metrics.items():
             value = float(value)
-            if name in NOT_AVERAGED:
+            if name in metric.NOT_AVERAGED:
                 self.last[name] = value
                 continue
-            if name in PER_SENTENCE:
+            if name in metric.PER_SENTENCE:
                 w = float(src.size(0))
-            elif name in PER_SOURCE_TOKEN:
+            elif name in metric.PER_SOURCE_TOKEN:
                 w = float((src != 0).sum())
             else:
                 w = ntok
@@ -76,16 +71,17 @@ class MetricSums:
 
     def averages(self) -> dict[str, float]:
         out = {k: self.sums[k] / max(self.weights[k], 1e-9) for k in self.sums}
-        if "KL_budget" in self.last:
-            out["KL_budget"] = self.last["KL_budget"]
+        if metric.KL_BUDGET in self.last:
+            out[metric.KL_BUDGET] = self.last[metric.KL_BUDGET]
         return out
 
 
 @torch.no_grad()
 def valid_metrics(
-    model, corpus: Corpus, max_tokens: int, device, autocast: Callable, kl_budget: float
+    model, corpus: Corpus, max_tokens: int, device, autocast: Callable, forward_args: dict
 ) -> dict[str, float]:
-    """The model's metrics over the whole validation split (eval mode, no dropout).
+    """The model's metrics over the whole validation split (eval mode, no dropout);
+    `forward_args`: what the model's forward takes besides the batch (LaNMT: kl_budget).
 
     For LaNMT also whether the decoder reads z: token accuracy at the true length from the
     posterior mean (`acc_post`, the same as `word_acc` here) and from the prior mean
@@ -99,15 +95,15 @@ def valid_metrics(
     ):
         src, tgt = (t.to(device) for t in corpus.collate(idx))
         with autocast():
-            _, metrics = model(src, tgt, kl_budget=kl_budget)
+            _, metrics = model(src, tgt, **forward_args)
             if model.config.kind == "lanmt":
-                metrics["acc_prior"] = prior_accuracy(model, src, tgt)
+                metrics[metric.ACC_PRIOR] = prior_accuracy(model, src, tgt)
         sums.add(metrics, src, tgt)
     model.train(was_training)
     out = sums.averages()
-    if "acc_prior" in out:
-        out["acc_post"] = out["word_acc"]
-        out["latent_gain"] = out["acc_post"] - out["acc_prior"]
+    if metric.ACC_PRIOR in out:
+        out[metric.ACC_POST] = out[metric.WORD_ACC]
+        out[metric.LATENT_GAIN] = out[metric.ACC_POST] - out[metric.ACC_PRIOR]
     return out
 
 
@@ -119,8 +115,8 @@ def prior_accuracy(model, src: torch.Tensor, tgt: torch.Tensor) -> torch.Tensor:
     return ((logits.argmax(-1) == tgt) & y_valid).sum() / y_valid.sum()
 
 
-# LaNMT validation decodes with these (name -> BLEU metric) besides the --select decoder.
-LANMT_VALID_DECODERS = {"one-shot": "bleu_one_shot", "refine1": "bleu_refine1"}
+# LaNMT validation decodes with these besides the --select decoder.
+LANMT_VALID_DECODERS = ("one-shot", "refine1")
 
 
 @torch.no_grad()
@@ -164,7 +160,7 @@ def translate_ids(
 
 def decoder_fn(model, spec: str):
     """`decode(src, tgt)` through the registered decoder `spec` (e.g. refine1)."""
-    from lanmt_cli.decoders.registry import resolve
+    from lanmt_cli.registry import resolve
 
     _, cls, options = resolve(spec)
     decoder = cls(model, **options)
@@ -200,13 +196,13 @@ def lanmt_bleus(
     for spec in dict.fromkeys([*LANMT_VALID_DECODERS, select]):
         hyps = run(decoder_fn(model, spec))
         if spec == "one-shot":
-            out["repeat_rate"] = repeat_rate(hyps)
+            out[metric.REPEAT_RATE] = repeat_rate(hyps)
         score = bleu_score(model, tokenizer, hyps, references)
-        out[LANMT_VALID_DECODERS.get(spec, f"bleu_{spec}")] = score
+        out[metric.bleu_of(spec)] = score
         if spec == select:
-            out["bleu"] = score
+            out[metric.BLEU] = score
     hyps = run(lambda src, tgt: oracle_posterior(model, src, tgt))
-    out["bleu_oracle"] = bleu_score(model, tokenizer, hyps, references)
+    out[metric.BLEU_ORACLE] = bleu_score(model, tokenizer, hyps, references)
     return out
 
 

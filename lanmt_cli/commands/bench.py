@@ -179,12 +179,13 @@ def bench(
     _check_output_file(json_file, "--json")
     _check_output_file(plot, "--plot")
     from lanmt_cli import bench as measure
+    from lanmt_cli import bench_data, bench_report
 
     measure.check_specs(baseline, decoder or [])
     if test_set is not None:
-        data = measure.sacrebleu_test_set(test_set, langpair)
+        data = bench_data.sacrebleu_test_set(test_set, langpair)
     else:
-        data = measure.read_test_set(src, ref or [])
+        data = bench_data.read_test_set(src, ref or [])
     data = data.head(max_sentences)
     _say(f"test set: {data.origin['src']}, {len(data.sources)} of {data.total} sentences")
 
@@ -219,21 +220,21 @@ def bench(
     )
     report.model.update(spec=model, load_seconds=load_seconds)
     if output_dir is not None:
-        measure.write_translations(report, data, output_dir)
+        bench_report.write_translations(report, data, output_dir)
         _say(f"translations in {output_dir}")
     if json_file is not None:
-        measure.write_json(report, json_file)
+        bench_report.write_json(report, json_file)
         _say(f"figures in {json_file}")
     if plot is not None:
-        measure.plot(report, plot)
+        bench_report.plot(report, plot)
         _say(f"plot in {plot}")
     if markdown:
-        typer.echo(measure.markdown(report), nl=False)
+        typer.echo(bench_report.markdown(report), nl=False)
     else:
         from rich.console import Console
 
         console = Console(width=None if sys.stdout.isatty() else 200)
-        console.print(measure.rich_table(report))
+        console.print(bench_report.rich_table(report))
 
 
 def register(app: typer.Typer, wrap) -> None:

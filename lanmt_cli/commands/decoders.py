@@ -49,7 +49,7 @@ def decoders(
 
     Pick one with `lanmt translate --decoder NAME --opt key=value`.
     """
-    from lanmt_cli.decoders.registry import describe
+    from lanmt_cli.registry import describe
 
     rows = describe()
     if as_json:

@@ -90,7 +90,7 @@ def train(
 ) -> None:
     """Train LaNMT: teacher, distillation, LaNMT with the KL budget annealed, finetune."""
     from lanmt_cli.errors import LanmtError
-    from lanmt_cli.schedule import parse_duration
+    from lanmt_cli.trainers.schedule import parse_duration
 
     if stage not in STAGE_CHOICES:
         raise LanmtError(f"unknown stage {stage!r}; choose one of {', '.join(STAGE_CHOICES)}")

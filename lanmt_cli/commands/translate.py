@@ -287,7 +287,7 @@ def translate(
         if name != "-" and not Path(name).is_file():
             what = "is a directory" if Path(name).is_dir() else "no such file"
             raise LanmtError(f"{name}: {what}")
-    from lanmt_cli.decoders.registry import parse_options
+    from lanmt_cli.registry import parse_options
     from lanmt_cli.translator import Translator
 
     translator = Translator(

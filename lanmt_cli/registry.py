@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from importlib import metadata
 from typing import Any
 
-from lanmt_cli.decoders.base import Decoder, OptionError
+from lanmt_cli.decoding import Decoder, OptionError
 from lanmt_cli.errors import LanmtError
 
 GROUP = "lanmt.decoders"
@@ -41,7 +41,7 @@ class Entry:
         if not (isinstance(cls, type) and issubclass(cls, Decoder)):
             raise LanmtError(
                 f"decoder {self.name} from package {self.package} ({self.target}) "
-                "is not a subclass of lanmt_cli.decoders.base.Decoder"
+                "is not a subclass of lanmt_cli.decoding.Decoder"
             )
         return cls
 
@@ -149,7 +149,7 @@ def describe() -> list[dict[str, Any]]:
                     model_kind=cls.model_kind,
                     needs_teacher=cls.needs_teacher,
                     numbered_option=cls.numbered_option,
-                    options=[o.as_dict() for o in cls.options],
+                    options=[o.as_dict() for o in cls.option_specs],
                 )
             rows.append(row)
     return rows

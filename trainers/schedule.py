@@ -1,7 +1,5 @@
-"""Small schedules and parsers used by training: learning rate, durations.
-
-The KL budget schedule lives with the model (`lanmt_cli.model.kl_budget`).
-"""
+"""Training schedules: the learning rate and LaNMT's KL budget of each update; and the
+durations of the time budget (`--max-time 1.5h`) and of the time left on the console."""
 
 from __future__ import annotations
 
@@ -27,6 +25,18 @@ def learning_rate(step: int, peak: float, warmup: int, schedule: str = "inverse-
     if schedule == "constant" or warmup <= 0:
         return peak
     return peak * math.sqrt(warmup / step)
+
+
+def kl_budget(
+    step: int, total_steps: int, budget: float = 1.0, anneal: bool = True, floor: float = 0.0
+) -> float:
+    """Free-bits budget: `budget` for the first half of training, then linearly to `floor`."""
+    if not anneal or total_steps <= 0:
+        return budget
+    half = total_steps / 2
+    if step <= half:
+        return budget
+    return floor + (budget - floor) * max(0.0, 1.0 - (step - half) / half)
 
 
 _DURATION = re.compile(r"\s*(\d+(?:\.\d*)?)\s*([smhd]?)\s*")

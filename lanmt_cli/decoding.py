@@ -1,0 +1,309 @@
+"""The decoding interface: what a decoder is, and the helpers every decoder shares.
+
+A decoder plugin imports this module only. It subclasses `Decoder`, declares `name`, `help`
+and its options (`option_specs`, typed `Option`s), implements `decode` over a batch, and
+registers `"my-name" = "my_package.module:MyDecoder"` in its pyproject.toml under
+`[project.entry-points."lanmt.decoders"]`. The built-in decoders (`lanmt_cli.decoders`) are
+registered there the same way; `lanmt_cli.registry` finds them all.
+
+A decoder instance holds its model (`self.model`: the LaNMT model, or the Transformer
+teacher where `model_kind = "transformer"`), the teacher where it `needs_teacher`
+(`self.teacher`), and its checked option values (`self.options`, a dict by option name).
+The helpers below are the steps the built-in decoders are made of: `decode_latent` (length,
+then argmax tokens from latents z), `argmax_outputs`, `pad_tokens`, `content_seed`, and the
+teacher's search and scoring on either runtime (`teacher_search`, `teacher_scores`).
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import torch
+from torch import Tensor
+
+from lanmt_cli.config import PAD
+from lanmt_cli.errors import LanmtError
+
+if TYPE_CHECKING:
+    from lanmt_cli.model import LaNMT, Source
+    from lanmt_cli.teacher import Transformer
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+class OptionError(LanmtError, ValueError):
+    """A decoder option that does not exist or has a bad value."""
+
+
+@dataclass(frozen=True)
+class Option:
+    """One decoder option: `--opt name=value` on the command line."""
+
+    name: str
+    type: type  # int, float, str or bool
+    default: Any
+    help: str
+    minimum: float | None = None  # smallest allowed value (numbers only)
+
+    def parse(self, value: Any, decoder: str = "") -> Any:
+        """A value of this option's type from a string or a Python value; OptionError if bad."""
+        where = f"option {self.name} of decoder {decoder}" if decoder else f"option {self.name}"
+        kind = self.type.__name__
+        if isinstance(value, str) and self.type is not str:
+            text = value.strip().lower()
+            try:
+                if self.type is bool:
+                    if text not in _TRUE | _FALSE:
+                        raise ValueError(text)
+                    value = text in _TRUE
+                else:
+                    value = self.type(text)
+            except ValueError:
+                raise OptionError(f"{where} takes {kind}, got {value!r}") from None
+        elif self.type is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, self.type) or (self.type is not bool and isinstance(value, bool)):
+            raise OptionError(f"{where} takes {kind}, got {value!r}")
+        if self.minimum is not None and value < self.minimum:
+            raise OptionError(f"{where} must be at least {self.minimum:g}, got {value}")
+        return value
+
+    def describe(self) -> str:
+        """`steps (int, default 1, >= 0): help`"""
+        limit = f", >= {self.minimum:g}" if self.minimum is not None else ""
+        return f"{self.name} ({self.type.__name__}, default {self.default}{limit}): {self.help}"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "type": self.type.__name__,
+            "default": self.default,
+            "minimum": self.minimum,
+            "help": self.help,
+        }
+
+
+@dataclass
+class Output:
+    """One decoded sentence: target ids (no specials stripped yet) and its score."""
+
+    tokens: list[int]
+    score: float  # the decoder's own score (log-probability of the chosen output)
+    candidates: list[tuple[list[int], float]] = field(default_factory=list)  # best first
+
+
+class Decoder:
+    """Base class: subclasses set `name`, `help`, `option_specs` and implement `decode`."""
+
+    name: ClassVar[str]
+    help: ClassVar[str] = ""
+    option_specs: ClassVar[tuple[Option, ...]] = ()  # the options it takes
+    model_kind: ClassVar[str] = "lanmt"  # the kind of model it decodes with
+    needs_teacher: ClassVar[bool] = False  # also needs the autoregressive teacher
+    # `<name><N>` or `<name>-<N>` selects this decoder with option `numbered_option` = N
+    # (`refine3` is `refine` with steps=3).
+    numbered_option: ClassVar[str | None] = None
+    # Post-processing collapses runs of one token (the typical NAT repetition).
+    collapse_repeats: ClassVar[bool] = True
+
+    model: LaNMT | Transformer  # the model of kind `model_kind`
+    teacher: Transformer | None  # the autoregressive teacher, where `needs_teacher`
+    options: dict[str, Any]  # the value of every option in `option_specs`
+
+    def __init__(
+        self, model: LaNMT | Transformer, teacher: Transformer | None = None, **options: Any
+    ):
+        self.model = model
+        self.teacher = teacher
+        self.options = self.check_options(options)
+
+    @classmethod
+    def check_options(cls, options: dict[str, Any]) -> dict[str, Any]:
+        """All options with defaults filled in, parsed from strings and checked."""
+        known = {o.name: o for o in cls.option_specs}
+        for key in options:
+            if key not in known:
+                raise OptionError(unknown_option_message(cls, key))
+        return {o.name: o.parse(options.get(o.name, o.default), cls.name) for o in cls.option_specs}
+
+    def decode(self, src: Tensor, seeds: list[int] | None = None) -> list[Output]:
+        """Translate a batch src (B, Lx); `seeds` gives each sentence its own random seed."""
+        raise NotImplementedError
+
+
+def unknown_option_message(cls: type[Decoder], key: str) -> str:
+    names = [o.name for o in cls.option_specs]
+    if not names:
+        return f"decoder {cls.name} takes no options (got {key!r})"
+    close = difflib.get_close_matches(key, names, n=1)
+    hint = f" (did you mean {close[0]}?)" if close else ""
+    listed = "; ".join(o.describe() for o in cls.option_specs)
+    return f"decoder {cls.name} has no option {key!r}{hint}; its options: {listed}"
+
+
+def argmax_outputs(logp: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+    """Best token per position and the summed log-probability over each length.
+
+    logp (B, Ly, V), lengths (B,) -> tokens (B, Ly) with PAD beyond the length, scores (B,).
+    """
+    best, tokens = logp.max(-1)  # (B, Ly)
+    valid = torch.arange(logp.size(1), device=logp.device)[None, :] < lengths[:, None]
+    return tokens.masked_fill(~valid, 0), (best * valid).sum(1)
+
+
+def to_outputs(tokens: Tensor, scores: Tensor, lengths: Tensor) -> list[Output]:
+    """tokens (B, Ly), scores (B,), lengths (B,) -> one Output per row, cut at its length."""
+    return [
+        Output(tokens[i, : int(lengths[i])].tolist(), float(scores[i]))
+        for i in range(tokens.size(0))
+    ]
+
+
+def content_seed(seed: int, tokens: list[int]) -> int:
+    """A sentence's own random seed, from the run's seed and the sentence's tokens.
+
+    Derived from content, not from the position in a batch, so a sentence decodes the same
+    whatever else is batched with it.
+    """
+    h = hashlib.blake2b(digest_size=8)
+    h.update(int(seed).to_bytes(8, "little", signed=True))
+    h.update(b"".join(int(t).to_bytes(4, "little") for t in tokens))
+    return int.from_bytes(h.digest(), "little") >> 1  # 63 bits: fits torch's manual_seed
+
+
+def pad_tokens(seqs: list[list[int]], device) -> Tensor:
+    """Token lists -> (B, L) LongTensor padded with PAD (L >= 1)."""
+    width = max(1, max(len(s) for s in seqs))
+    out = torch.full((len(seqs), width), PAD, dtype=torch.long)
+    for i, s in enumerate(seqs):
+        out[i, : len(s)] = torch.tensor(s, dtype=torch.long)
+    return out.to(device)
+
+
+# --- LaNMT: from latents to tokens -------------------------------------------------------
+
+
+def length_choices(model: LaNMT, source: Source, z: Tensor, ranks: Tensor) -> tuple[Tensor, Tensor]:
+    """The `ranks[i]`-th most likely target length of each row (B,) and its log-probability."""
+    logp = model.length_logits(source, z).float().log_softmax(-1)  # (B, 2W)
+    top_logp, top = logp.topk(int(ranks.max()) + 1, dim=-1)  # (B, R)
+    pick = ranks[:, None]
+    delta = top.gather(1, pick)[:, 0] - model.config.length_window
+    lengths = (source.lengths + delta).clamp(1, model.config.max_len)
+    return lengths, top_logp.gather(1, pick)[:, 0]
+
+
+def decode_latent(
+    model: LaNMT, source: Source, z: Tensor, ranks: Tensor | None = None
+) -> tuple[list[list[int]], list[float]]:
+    """Length, then argmax tokens, from latents z (B, Lx, D): token lists and their scores.
+
+    ranks None: the most likely length, score = token log-probabilities. ranks (B,): the
+    ranks[i]-th most likely length, score = joint with the length's log-probability.
+    """
+    if ranks is None:
+        lengths, length_logp = model.predict_length(source, z), None  # (B,)
+    else:
+        lengths, length_logp = length_choices(model, source, z, ranks)
+    tokens, scores = argmax_outputs(model.log_probs(source, z, lengths), lengths)
+    if length_logp is not None:
+        scores = scores + length_logp
+    rows = tokens.tolist()
+    return [row[: int(n)] for row, n in zip(rows, lengths.tolist(), strict=True)], scores.tolist()
+
+
+# --- the autoregressive teacher: search and scoring --------------------------------------
+
+# The teacher's runtime, for decoders that run it: CTranslate2 (the teacher converted once,
+# see `lanmt_cli.ct2`) or lanmt's own PyTorch search (`lanmt_cli.search`).
+BACKEND_OPTIONS = (
+    Option("backend", str, "ctranslate2", "teacher runtime: ctranslate2 or torch"),
+    Option("compute_type", str, "default", "CTranslate2 compute type: default, int8, int16, ..."),
+)
+
+
+def check_backend_options(options: dict[str, Any]) -> None:
+    """backend and compute_type (BACKEND_OPTIONS) of checked options: one clear error."""
+    from lanmt_cli.ct2 import BACKENDS, COMPUTE_TYPES
+
+    if options["backend"] not in BACKENDS:
+        raise OptionError(
+            f"option backend takes one of {', '.join(BACKENDS)}, got {options['backend']!r}"
+        )
+    if options["compute_type"] not in COMPUTE_TYPES:
+        raise OptionError(
+            f"option compute_type takes one of {', '.join(COMPUTE_TYPES)}, "
+            f"got {options['compute_type']!r}"
+        )
+
+
+def _sources(src: Tensor) -> list[list[int]]:
+    """src (B, Lx) -> each row's tokens without padding."""
+    lengths = (src != PAD).sum(1).tolist()
+    return [row[:n] for row, n in zip(src.tolist(), lengths, strict=True)]
+
+
+def teacher_search(
+    teacher: Transformer,
+    src: Tensor,
+    beam: int = 3,
+    length_penalty: float = 1.0,
+    max_len_a: float = 1.5,
+    max_len_b: int = 10,
+    nbest: int = 1,
+    backend: str = "ctranslate2",
+    compute_type: str = "default",
+) -> list[Output]:
+    """The teacher's beam search (greedy with beam=1) of each sentence of src (B, Lx).
+
+    Outputs are at most max_len_a * source length + max_len_b tokens long; each keeps its
+    best `nbest` hypotheses as candidates; a sentence without any scores -inf.
+    """
+    from lanmt_cli.search import beam_search, max_lengths
+
+    if backend == "ctranslate2":
+        from lanmt_cli import ct2
+
+        limits = max_lengths(src, teacher, max_len_a, max_len_b).tolist()
+        engine = ct2.engine_for(teacher, compute_type)
+        found = engine.search(_sources(src), limits, beam, length_penalty, nbest)
+    else:
+        found = beam_search(teacher, src, beam, length_penalty, max_len_a, max_len_b)
+    outputs = []
+    for hyps in found:
+        best = hyps[0] if hyps else None
+        outputs.append(
+            Output(
+                best.tokens if best else [],
+                best.score if best else float("-inf"),
+                [(h.tokens, h.score) for h in hyps[:nbest]],
+            )
+        )
+    return outputs
+
+
+def teacher_scores(
+    teacher: Transformer,
+    src: Tensor,
+    rows: list[int],
+    ys: list[list[int]],
+    backend: str = "ctranslate2",
+    compute_type: str = "default",
+) -> list[float]:
+    """log p_AR(ys[j] | src[rows[j]]), EOS included, for every candidate j; src (B, Lx).
+
+    By teacher forcing, no search: CTranslate2's `score_batch`, or one batched PyTorch pass.
+    """
+    if backend == "ctranslate2":
+        from lanmt_cli import ct2
+
+        sources = _sources(src)
+        per_token = ct2.engine_for(teacher, compute_type).score([sources[r] for r in rows], ys)
+        return [sum(t) for t in per_token]
+    index = torch.tensor(rows, device=src.device)
+    memory = teacher.encode(src).select(index)
+    return teacher.score(None, pad_tokens(ys, src.device), memory).tolist()
