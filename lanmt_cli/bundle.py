@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import shutil
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from lanmt_cli.config import config_from_dict, config_to_dict
@@ -26,8 +26,20 @@ CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 
 
+def inside_path(value: Any, field: str, cfg_file: Path) -> str:
+    """A file or folder name from config.json that must stay inside the bundle folder."""
+    if not isinstance(value, str) or not value:
+        raise LanmtError(f"{cfg_file}: field {field} must be a file name, got {value!r:.40}")
+    pure = PurePosixPath(value.replace("\\", "/"))
+    if pure.is_absolute() or ".." in pure.parts or ":" in value:
+        raise LanmtError(
+            f"{cfg_file}: field {field} must name a file inside the bundle folder, not {value!r}"
+        )
+    return value
+
+
 def read_config(path: str | Path) -> dict:
-    """Read and check a bundle's config.json (cheap: no torch)."""
+    """Read and check a bundle's config.json (cheap: no torch); errors name the field."""
     path = Path(path)
     cfg_file = path / CONFIG_FILE
     if not path.is_dir():
@@ -38,6 +50,10 @@ def read_config(path: str | Path) -> dict:
         meta = json.loads(cfg_file.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise LanmtError(f"{cfg_file}: not valid JSON ({err})") from None
+    except OSError as err:
+        raise LanmtError(f"{cfg_file}: cannot read ({err.strerror or err})") from None
+    if not isinstance(meta, dict):
+        raise LanmtError(f"{cfg_file}: must hold a JSON object, not {type(meta).__name__}")
     version = meta.get("format_version")
     if version != FORMAT_VERSION:
         raise LanmtError(
@@ -50,7 +66,17 @@ def read_config(path: str | Path) -> dict:
         config_from_dict(meta["model"])
     except (ValueError, TypeError) as err:
         raise LanmtError(f"{cfg_file}: {err}") from None
-    for name in (WEIGHTS_FILE, *set(meta["tokenizer"].values())):
+    tokenizer = meta["tokenizer"]
+    if not isinstance(tokenizer, dict) or set(tokenizer) != {"src", "tgt"}:
+        raise LanmtError(f"{cfg_file}: field tokenizer must be an object with src and tgt files")
+    for side, name in tokenizer.items():
+        inside_path(name, f"tokenizer.{side}", cfg_file)
+    for key in ("languages", "info"):
+        if not isinstance(meta.get(key) or {}, dict):
+            raise LanmtError(f"{cfg_file}: field {key} must be a JSON object")
+    if meta.get("teacher") is not None:
+        inside_path(meta["teacher"], "teacher", cfg_file)
+    for name in (WEIGHTS_FILE, *set(tokenizer.values())):
         if not (path / name).is_file():
             raise LanmtError(f"{path}: missing file {name}")
     return meta
