@@ -373,7 +373,7 @@ def prepare_corpus(
     if max_ratio < 1:
         raise LanmtError(f"max length ratio must be at least 1, got {max_ratio}")
     _check_out_dir(out_dir, force)  # at once; again under the lock below
-    check_writable(out_dir, folder=True)
+    check_writable(out_dir, folder=True, whole=True)
     start = time.monotonic()
     inputs = [p for pair in splits.values() for p in pair]
     with hold(beside(out_dir), f"{out_dir} is being prepared"):

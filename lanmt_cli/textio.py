@@ -400,9 +400,12 @@ def atomic_dir(target: Path, *, replace: bool = True) -> Iterator[Path]:
                     parent.rmdir()
 
 
-def check_writable(path: Path, option: str = "", *, folder: bool = False) -> None:
+def check_writable(
+    path: Path, option: str = "", *, folder: bool = False, whole: bool = False
+) -> None:
     """Fail now, with one line, when `path` (a file, or with `folder` a folder) cannot be
-    written: before any slow work whose results would then be lost.
+    written: before any slow work whose results would then be lost. A folder written
+    `whole` (by `atomic_dir`) is made next to it: its parent must take new files.
 
     Creates and removes a probe file where the output will go; a device or FIFO is only
     checked for write permission (opening a FIFO would wait for a reader).
@@ -413,7 +416,7 @@ def check_writable(path: Path, option: str = "", *, folder: bool = False) -> Non
     if folder:
         if st is not None and not stat.S_ISDIR(st.st_mode):
             raise LanmtError(f"{label}: exists and is not a directory")
-        where = real
+        where = real.parent if whole else real
         while not where.exists():  # the folder is created later: probe its nearest ancestor
             where = where.parent
     else:

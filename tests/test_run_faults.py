@@ -218,6 +218,49 @@ def test_prepare_from_process_substitution(tmp_path):
     assert split["pairs"] == 2000 and split["kept"] > 1900
 
 
+# --- outputs that cannot be written ------------------------------------------------------
+
+
+@POSIX
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc and /sys")
+@pytest.mark.parametrize(
+    ("out", "cause"),
+    [
+        ("/proc/lanmt-data", "/proc does not take new files"),
+        ("/sys/lanmt-data", "permission denied"),
+    ],
+)
+def test_prepare_into_a_folder_it_cannot_write_is_one_line(tmp_path, out, cause):
+    if out.startswith("/sys") and os.geteuid() != 0:
+        locked = tmp_path / "locked"
+        locked.mkdir()
+        locked.chmod(0o555)
+        out = str(locked / "data")
+    src, tgt = write_pairs(tmp_path, 50, seed=5)
+    result = lanmt("prepare", "--train-src", src, "--train-tgt", tgt, "--out", out)
+    assert result.exit_code == 1
+    assert result.stderr == f"error: cannot write {out}: {cause}\n"
+
+
+@POSIX
+def test_prepare_that_runs_out_of_room_leaves_nothing(tmp_path):
+    """A file-size limit (it stops root too) makes a file of the new folder fail to write."""
+    import resource
+
+    src, tgt = write_pairs(tmp_path, 2000, seed=6)
+    out = tmp_path / "out" / "data"
+
+    def small_files() -> None:  # Python ignores SIGXFSZ: a write past the limit gets EFBIG
+        resource.setrlimit(resource.RLIMIT_FSIZE, (2000, resource.RLIM_INFINITY))
+
+    args = ["prepare", "--train-src", src, "--train-tgt", tgt, "--out", out, "--vocab-size", "55"]
+    p = _cli(*args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=small_files)
+    _, err = p.communicate(timeout=300)
+    assert p.returncode == 1
+    assert err.decode() == f"error: cannot write {out}: file too large\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([src.name, tgt.name])
+
+
 # --- a checkpoint that cannot be written --------------------------------------------------
 
 
