@@ -124,8 +124,8 @@ def check_options(data: Path, options: dict[str, Any]) -> None:
     for stage in ("teacher", "lanmt", "finetune"):
         defaults = TrainConfig(stage=stage, data="", out="").to_dict()
         values = {**defaults, **STAGE_DEFAULTS[stage], **stage_options(stage, options)}
-        values["model"] = stage_options(stage, options).get("model", {})
-        values["init"] = None  # made by an earlier stage
+        if stage == "finetune":
+            values["init"] = None  # made by the LaNMT stage
         _check_model(TrainConfig.from_dict(values).check(), meta)
 
 
@@ -241,7 +241,7 @@ def train_stage(
     on_update=None,
 ) -> dict[str, Any]:
     """Train one stage to its end; return the run's summary (also in RUN/STAGE/result.json)."""
-    from lanmt_cli.textio import writing
+    from lanmt_cli.textio import atomic_file, writing
     from trainers.display import follow
     from trainers.loop import LOG_FILE, run_in_process
 
@@ -264,7 +264,8 @@ def train_stage(
         if result.get("error"):
             raise LanmtError(result["error"])
         result["model"] = str(sdir / "best")
-        (sdir / RESULT_FILE).write_text(json.dumps(result, indent=2) + "\n")
+        with atomic_file(sdir / RESULT_FILE) as tmp:  # marks the stage done: whole or not at all
+            tmp.write_text(json.dumps(result, indent=2) + "\n")
     return result
 
 
