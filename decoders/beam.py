@@ -26,8 +26,22 @@ class Beam(Decoder):
     option_specs = (
         Option("beam", int, 3, "beam size (1 = greedy)", minimum=1),
         Option("length_penalty", float, 1.0, "rank by score / length ** length_penalty"),
-        Option("max_len_a", float, 1.5, "output length limit: a * source length + b", minimum=0),
-        Option("max_len_b", int, 10, "output length limit: a * source length + b", minimum=0),
+        Option(
+            "max_len_a",
+            float,
+            1.5,
+            "output length limit: a * source length + b",
+            minimum=0,
+            maximum=1000,
+        ),
+        Option(
+            "max_len_b",
+            int,
+            10,
+            "output length limit: a * source length + b",
+            minimum=0,
+            maximum=100_000,
+        ),
         Option("nbest", int, 1, "hypotheses kept with their scores (jsonl)", minimum=0),
         *BACKEND_OPTIONS,
     )

@@ -66,7 +66,9 @@ class LatentSearch(NATDecoder):
     help = "Refine K noisy prior samples at once; keep the one the model itself scores best."
     option_specs = (
         Option("samples", int, 50, "latent samples K per sentence", minimum=1),
-        Option("noise", float, 0.5, "scale of the prior's std in each sample", minimum=0),
+        Option(
+            "noise", float, 0.5, "scale of the prior's std in each sample", minimum=0, maximum=100
+        ),
         Option("steps", int, 1, "refinement steps for each sample", minimum=0),
         Option("nbest", int, 5, "distinct candidates kept with their scores (jsonl)", minimum=0),
         LENGTHS_OPTION,

@@ -9,14 +9,48 @@ from __future__ import annotations
 
 import functools
 import os
+import signal
 import sys
 from collections.abc import Callable
 
 import typer
+from typer.core import TyperArgument, TyperGroup
 
+from lanmt_cli import __version__
 from lanmt_cli.errors import LanmtError
 
+
+class _Argument(TyperArgument):
+    """A positional argument shown as click shows one: `FILE`, `[NAME]`, `[FILE]...`,
+    without typer's type placeholders (`FILE <list[str]>`, `{bundle}`, `name <str>`)."""
+
+    def _label(self) -> str:
+        return self.metavar or (self.name or "").upper()
+
+    def display_type_rich(self, ctx):  # the type is said by the metavar and the help
+        return None
+
+    def _rich_display_name(self) -> str:
+        return self._label()
+
+    def _usage_display_name(self) -> str:
+        label = self._label() if self.required else f"[{self._label()}]"
+        return label + ("..." if self.nargs != 1 else "")
+
+
+class _Group(TyperGroup):
+    """The command group: every command's arguments are shown the plain way (`_Argument`)."""
+
+    def get_command(self, ctx, cmd_name):
+        command = super().get_command(ctx, cmd_name)
+        for param in getattr(command, "params", []):
+            if type(param) is TyperArgument:
+                param.__class__ = _Argument
+        return command
+
+
 app = typer.Typer(
+    cls=_Group,
     name="lanmt",
     help="LaNMT: fast non-autoregressive translation with deterministic inference.",
     no_args_is_help=True,
@@ -26,9 +60,31 @@ app = typer.Typer(
 )
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"lanmt {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
-def _root() -> None:
+def _root(
+    version: bool = typer.Option(
+        False,
+        "--version",
+        callback=_print_version,
+        is_eager=True,
+        help="Print the version and exit.",
+    ),
+) -> None:
     """LaNMT: fast non-autoregressive translation with deterministic inference."""
+
+
+class Terminated(BaseException):
+    """SIGTERM arrived: unwind like Ctrl-C, so that temporary files are removed."""
+
+
+def _terminate(signum, frame) -> None:
+    raise Terminated
 
 
 def _quiet_broken_pipe() -> None:
@@ -41,10 +97,18 @@ def _quiet_broken_pipe() -> None:
 
 
 def user_errors(fn: Callable) -> Callable:
-    """Turn user errors, Ctrl-C and a closed pipe into one line and an exit status."""
+    """Turn user errors, Ctrl-C, SIGTERM and a closed pipe into one line and an exit status.
+
+    SIGTERM unwinds the command like Ctrl-C (temporary files and folders are removed) and
+    exits with 143, as the default action of the signal would.
+    """
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        try:
+            previous = signal.signal(signal.SIGTERM, _terminate)
+        except ValueError:  # not the main thread
+            previous = None
         try:
             return fn(*args, **kwargs)
         except LanmtError as err:
@@ -53,9 +117,15 @@ def user_errors(fn: Callable) -> Callable:
         except KeyboardInterrupt:
             typer.echo("interrupted", err=True)
             raise typer.Exit(130) from None
+        except Terminated:
+            typer.echo("terminated", err=True)
+            raise typer.Exit(128 + signal.SIGTERM) from None
         except BrokenPipeError:
             _quiet_broken_pipe()
             raise typer.Exit(0) from None
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
 
     return wrapper
 

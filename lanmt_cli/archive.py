@@ -20,13 +20,13 @@ import lzma
 import os
 import re
 import tarfile
-import tempfile
 import zlib
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
 from lanmt_cli.bundle import CONFIG_FILE, read_config, standalone_config
 from lanmt_cli.errors import LanmtError
+from lanmt_cli.textio import atomic_file, writing
 
 SUFFIXES = {"gz": ".tar.gz", "xz": ".tar.xz"}
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
@@ -65,12 +65,9 @@ def copy_stream(src: BinaryIO, dst: BinaryIO, on_block=None) -> int:
 
 def check_bundle(path: Path) -> dict:
     """Validate a bundle and its nested teacher (no torch); return its config."""
-    meta = read_config(path)
-    teacher = meta.get("teacher")
-    if teacher:
-        if PurePosixPath(teacher).is_absolute() or ".." in PurePosixPath(teacher).parts:
-            raise LanmtError(f"{path}: the teacher must lie inside the bundle, not at {teacher!r}")
-        read_config(path / teacher)
+    meta = read_config(path)  # also checks that the teacher lies inside the bundle
+    if meta.get("teacher"):
+        read_config(path / meta["teacher"])
     return meta
 
 
@@ -157,26 +154,16 @@ def pack(
         raise LanmtError(f"{out}: write the archive outside the bundle it packs")
     archive = out / f"{name}{SUFFIXES[compression]}"
     members = _archive_members(bundle, name)
-    tmp = None
-    try:
+    with writing(out):
         out.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{archive.name}.tmp-", dir=out)
-        tmp = Path(tmp_name)
-        with os.fdopen(fd, "wb") as raw:
-            if compression == "gz":
-                with gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as zipped:
-                    _write_tar(zipped, members)
-            else:
-                with lzma.LZMAFile(raw, "wb", preset=6) as zipped:
-                    _write_tar(zipped, members)
-        os.replace(tmp, archive)
-    except OSError as err:
-        raise LanmtError(
-            f"cannot write {archive}: {err.strerror or err}; nothing written"
-        ) from None
-    finally:
-        if tmp is not None:
-            tmp.unlink(missing_ok=True)
+    # Permissions as any new file (0644 under the usual umask), so a web server can serve it.
+    with atomic_file(archive) as tmp, open(tmp, "wb") as raw:
+        if compression == "gz":
+            with gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as zipped:
+                _write_tar(zipped, members)
+        else:
+            with lzma.LZMAFile(raw, "wb", preset=6) as zipped:
+                _write_tar(zipped, members)
     return index_entry(meta, name, archive, description, licence)
 
 
@@ -192,9 +179,8 @@ def add_to_index(index_file: Path, entry: dict) -> None:
             raise LanmtError(f"{index_file}: not a lanmt index") from None
         data["models"] = models
     data["models"] = sorted([*data["models"], entry], key=lambda m: m["name"])
-    tmp = index_file.with_name(f".{index_file.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, index_file)
+    with atomic_file(index_file) as tmp:
+        tmp.write_text(json.dumps(data, indent=2) + "\n")
 
 
 def _member_parts(member: tarfile.TarInfo, archive: Path) -> tuple[str, ...]:

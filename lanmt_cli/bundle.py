@@ -19,7 +19,7 @@ import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from lanmt_cli.config import LaNMTConfig, TransformerConfig, config_from_dict, config_to_dict
 from lanmt_cli.errors import LanmtError
@@ -36,8 +36,20 @@ WEIGHTS_FILE = "model.safetensors"
 SIDES = ("src", "tgt")
 
 
+def inside_path(value: Any, field: str, cfg_file: Path) -> str:
+    """A file or folder name from config.json that must stay inside the bundle folder."""
+    if not isinstance(value, str) or not value:
+        raise LanmtError(f"{cfg_file}: field {field} must be a file name, got {value!r:.40}")
+    pure = PurePosixPath(value.replace("\\", "/"))
+    if pure.is_absolute() or ".." in pure.parts or ":" in value:
+        raise LanmtError(
+            f"{cfg_file}: field {field} must name a file inside the bundle folder, not {value!r}"
+        )
+    return value
+
+
 def read_config(path: str | Path) -> dict:
-    """Read and check a bundle's config.json (cheap: no torch)."""
+    """Read and check a bundle's config.json (cheap: no torch); errors name the field."""
     path = Path(path)
     cfg_file = path / CONFIG_FILE
     if not path.is_dir():
@@ -48,6 +60,10 @@ def read_config(path: str | Path) -> dict:
         meta = json.loads(cfg_file.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise LanmtError(f"{cfg_file}: not valid JSON ({err})") from None
+    except OSError as err:
+        raise LanmtError(f"{cfg_file}: cannot read ({err.strerror or err})") from None
+    if not isinstance(meta, dict):
+        raise LanmtError(f"{cfg_file}: must hold a JSON object, not {type(meta).__name__}")
     version = meta.get("format_version")
     if version != FORMAT_VERSION:
         raise LanmtError(
@@ -60,9 +76,14 @@ def read_config(path: str | Path) -> dict:
         config_from_dict(meta["model"])
     except (ValueError, TypeError) as err:
         raise LanmtError(f"{cfg_file}: {err}") from None
+    for key in ("languages", "info"):
+        if not isinstance(meta.get(key) or {}, dict):
+            raise LanmtError(f"{cfg_file}: field {key} must be a JSON object")
+    if meta.get("teacher") is not None:
+        inside_path(meta["teacher"], "teacher", cfg_file)
     if not (path / WEIGHTS_FILE).is_file():
         raise LanmtError(f"{path}: missing file {WEIGHTS_FILE}")
-    tokenizer_files(path, meta)
+    tokenizer_files(path, meta)  # inside the bundle (a teacher may share the outer one's)
     return meta
 
 

@@ -1,4 +1,4 @@
-"""Typed architecture configs, saved as JSON beside the weights."""
+"""Typed architecture configs, saved as JSON beside the weights; checked when read."""
 
 from __future__ import annotations
 
@@ -28,6 +28,9 @@ class TransformerConfig:
 
     kind = "transformer"
 
+    def __post_init__(self) -> None:
+        check_values(self)
+
 
 @dataclass
 class LaNMTConfig:
@@ -50,23 +53,99 @@ class LaNMTConfig:
 
     kind = "lanmt"
 
+    def __post_init__(self) -> None:
+        check_values(self)
+
 
 CONFIGS: dict[str, type] = {"transformer": TransformerConfig, "lanmt": LaNMTConfig}
+
+
+_TYPE_NAMES = {
+    "int": "an integer", "float": "a number", "bool": "true or false", "str": "a string",
+    "dict": "a JSON object", "tuple": "a list", "list": "a list", "None": "null",
+}  # fmt: skip
+
+
+def _type_ok(value: Any, annotation: str) -> bool:
+    """Whether a JSON value fits a field annotation such as `int`, `str | None`, `dict[...]`."""
+    for option in (part.strip() for part in annotation.split("|")):
+        base = option.split("[", 1)[0]
+        if base == "Any" or (base == "None" and value is None):
+            return True
+        if base == "bool" and isinstance(value, bool):
+            return True
+        if isinstance(value, bool):  # JSON true is no number
+            continue
+        if base == "int" and isinstance(value, int):
+            return True
+        if base == "float" and isinstance(value, (int, float)):
+            return True
+        if base == "str" and isinstance(value, str):
+            return True
+        if base == "dict" and isinstance(value, dict):
+            return True
+        if base in ("tuple", "list") and isinstance(value, (list, tuple)):
+            return True
+    return False
+
+
+def check_types(cls: type, data: Any, where: str = "") -> dict:
+    """Check a JSON object against the fields of dataclass `cls`; ValueError names the field."""
+    prefix = f"{where}." if where else ""
+    if not isinstance(data, dict):
+        raise ValueError(f"{where or 'the config'} must be a JSON object, got {data!r:.40}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ValueError(f"unknown {where or cls.__name__} fields: {', '.join(unknown)}")
+    for name, value in data.items():
+        annotation = str(fields[name].type)
+        if not _type_ok(value, annotation):
+            bases = (part.strip().split("[", 1)[0] for part in annotation.split("|"))
+            want = " or ".join(_TYPE_NAMES.get(base, base) for base in bases)
+            raise ValueError(f"field {prefix}{name} must be {want}, got {value!r:.40}")
+    return data
+
+
+def check_values(config: Any) -> None:
+    """Sizes positive, layer counts not negative, rates in [0, 1), width divisible by heads."""
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if f.type == "int" and (isinstance(value, bool) or not isinstance(value, int)):
+            raise ValueError(f"field model.{f.name} must be an integer, got {value!r:.40}")
+        if f.type == "float" and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise ValueError(f"field model.{f.name} must be a number, got {value!r:.40}")
+        if f.type == "int":
+            least = 0 if f.name.endswith("_layers") else 1
+            if value < least:
+                raise ValueError(f"field model.{f.name} must be at least {least}, got {value}")
+        if f.type == "float" and not 0 <= value < 1:
+            raise ValueError(f"field model.{f.name} must be in [0, 1), got {value}")
+    if config.hidden % config.heads:
+        raise ValueError(
+            f"the model width (hidden {config.hidden}) must be a multiple of the number of "
+            f"attention heads (heads {config.heads})"
+        )
 
 
 def config_to_dict(config: Any) -> dict:
     return {"kind": config.kind, **dataclasses.asdict(config)}
 
 
-def config_from_dict(data: dict) -> TransformerConfig | LaNMTConfig:
-    """Rebuild a config; unknown kinds or fields raise ValueError with the reason."""
+def config_from_dict(data: Any) -> TransformerConfig | LaNMTConfig:
+    """Rebuild a config; a wrong kind, field, type or value raises ValueError naming it."""
+    if not isinstance(data, dict):
+        raise ValueError(f"field model must be a JSON object, got {data!r:.40}")
     data = dict(data)
     kind = data.pop("kind", None)
-    if kind not in CONFIGS:
+    if not isinstance(kind, str) or kind not in CONFIGS:
         raise ValueError(f"unknown model kind {kind!r} (known: {', '.join(CONFIGS)})")
     cls = CONFIGS[kind]
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
+    unknown = sorted(set(data) - {f.name for f in dataclasses.fields(cls)})
     if unknown:
         raise ValueError(f"unknown {kind} config fields: {', '.join(unknown)}")
+    check_types(cls, data, "model")
+    for name in ("src_vocab", "tgt_vocab"):
+        if name not in data:
+            raise ValueError(f"field model.{name} is missing")
     return cls(**data)

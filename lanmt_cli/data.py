@@ -32,7 +32,15 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from lanmt_cli.errors import LanmtError
-from lanmt_cli.textio import atomic_dir, atomic_file, check_parallel, read_parallel
+from lanmt_cli.locks import beside, hold
+from lanmt_cli.textio import (
+    atomic_dir,
+    atomic_file,
+    check_parallel,
+    check_writable,
+    read_once,
+    read_parallel,
+)
 from lanmt_cli.tokenizer import (
     BOS,
     EOS,
@@ -291,10 +299,10 @@ def binarize_split(
         raise LanmtError(f"{data_dir} already has a split {split!r}; use force to replace it")
     max_len = meta["max_len"] if max_len is None else max_len
     max_ratio = meta["max_ratio"] if max_ratio is None else max_ratio
-    total = check_parallel(Path(src_file), Path(tgt_file))
-    with atomic_dir(data_dir / split) as tmp:
+    with atomic_dir(data_dir / split) as tmp, read_once([src_file, tgt_file], tmp) as path:
+        total = check_parallel(path[0], path[1])
         stats = _binarize(
-            tmp, Path(src_file), Path(tgt_file), tokenizer,
+            tmp, path[0], path[1], tokenizer,
             max_len=max_len, max_ratio=max_ratio, total=total, name=split,
             chunk_lines=chunk_lines, progress=progress,
         )  # fmt: skip
@@ -348,7 +356,8 @@ def prepare_corpus(
     side, a side over `max_len` tokens, or a length ratio over `max_ratio`; the
     valid and test splits drop only empty and over-long pairs, so that held-out
     scores stay comparable. Everything is built in a temporary directory next to
-    `out_dir` and renamed into place at the end.
+    `out_dir` and renamed into place at the end, under a lock (one `prepare` per output
+    folder at a time). Pipes (`<(zcat a.gz)`) are read once, into a temporary copy.
     """
     out_dir = Path(out_dir)
     say = log or (lambda _msg: None)
@@ -363,70 +372,72 @@ def prepare_corpus(
         raise LanmtError(f"max length must be at least 1, got {max_len}")
     if max_ratio < 1:
         raise LanmtError(f"max length ratio must be at least 1, got {max_ratio}")
-    _check_out_dir(out_dir, force)
-
+    _check_out_dir(out_dir, force)  # at once; again under the lock below
+    check_writable(out_dir, folder=True, whole=True)
     start = time.monotonic()
-    totals = {}
-    for name, (src, tgt) in splits.items():
-        totals[name] = check_parallel(src, tgt)
-    for name, (src, tgt) in splits.items():
-        say(f"{name}: {totals[name]:,} pairs in {src} and {tgt}")
-    if tokenizer_from is not None:
-        tokenizer = Tokenizer.from_dir(Path(tokenizer_from))
-    src_file, tgt_file = splits["train"]
-    with atomic_dir(out_dir) as tmp:
-        if tokenizer_from is not None:
-            tokenizer.save(tmp)
-            tokenizer = Tokenizer.from_dir(tmp)
-            spm_meta: dict[str, Any] = {"from": str(tokenizer_from)}
-        else:
-            kind = "joint" if joint else "separate"
-            say(f"training {kind} SentencePiece {model_type} models, vocabulary {vocab_size:,}")
-            spm_meta = {
-                "model_type": model_type,
-                "vocab_size": vocab_size,
-                "character_coverage": character_coverage,
-                "sample_size": sample_size,
-                "seed": seed,
-            }
-            opts = {k: v for k, v in spm_meta.items() if k != "vocab_size"}
-            opts["threads"] = threads
-            if joint:
-                train_sentencepiece([src_file, tgt_file], tmp / JOINT_MODEL, vocab_size, **opts)
-                tokenizer = Tokenizer.load(tmp / JOINT_MODEL)
+    inputs = [p for pair in splits.values() for p in pair]
+    with hold(beside(out_dir), f"{out_dir} is being prepared"):
+        _check_out_dir(out_dir, force)  # again, under the lock: nobody else writes it now
+        with atomic_dir(out_dir, replace=force) as tmp, read_once(inputs, tmp) as path:
+            files = {name: (path[2 * i], path[2 * i + 1]) for i, name in enumerate(splits)}
+            totals = {name: check_parallel(src, tgt) for name, (src, tgt) in files.items()}
+            for name, (src, tgt) in splits.items():
+                say(f"{name}: {totals[name]:,} pairs in {src} and {tgt}")
+            if tokenizer_from is not None:
+                tokenizer = Tokenizer.from_dir(Path(tokenizer_from))
+                tokenizer.save(tmp)
+                tokenizer = Tokenizer.from_dir(tmp)
+                spm_meta: dict[str, Any] = {"from": str(tokenizer_from)}
             else:
-                train_sentencepiece([src_file], tmp / SRC_MODEL, vocab_size, **opts)
-                train_sentencepiece([tgt_file], tmp / TGT_MODEL, vocab_size, **opts)
-                tokenizer = Tokenizer.load(tmp / SRC_MODEL, tmp / TGT_MODEL)
-        if threads:
-            tokenizer.threads = threads
-        meta: dict[str, Any] = {
-            "format": FORMAT_VERSION,
-            "src_lang": src_lang or guess_lang(src_file),
-            "tgt_lang": tgt_lang or guess_lang(tgt_file),
-            "src_vocab_size": tokenizer.src_vocab_size,
-            "tgt_vocab_size": tokenizer.tgt_vocab_size,
-            "joint": tokenizer.joint,
-            "tokenizer_files": tokenizer.files(),
-            "special_ids": {"pad": PAD, "unk": UNK, "bos": BOS, "eos": EOS},
-            "first_subword_id": NUM_SPECIAL,
-            "sentencepiece": spm_meta,
-            "max_len": max_len,
-            "max_ratio": max_ratio,
-            "splits": {},
-        }
-        for name, (src, tgt) in splits.items():
-            ratio = max_ratio if name == "train" else None
-            (tmp / name).mkdir()
-            stats = _binarize(
-                tmp / name, src, tgt, tokenizer,
-                max_len=max_len, max_ratio=ratio, total=totals[name], name=name,
-                chunk_lines=chunk_lines, progress=progress,
-            )  # fmt: skip
-            meta["splits"][name] = _split_meta(src, tgt, stats, max_len, ratio)
-            say(f"{name}: kept {stats.kept:,} of {stats.pairs:,} pairs")
-        meta["seconds"] = round(time.monotonic() - start, 1)
-        _write_meta(tmp, meta)
+                src_file, tgt_file = files["train"]
+                kind = "joint" if joint else "separate"
+                say(f"training {kind} SentencePiece {model_type} models, vocabulary {vocab_size:,}")
+                spm_meta = {
+                    "model_type": model_type,
+                    "vocab_size": vocab_size,
+                    "character_coverage": character_coverage,
+                    "sample_size": sample_size,
+                    "seed": seed,
+                }
+                opts = {k: v for k, v in spm_meta.items() if k != "vocab_size"}
+                opts["threads"] = threads
+                if joint:
+                    train_sentencepiece([src_file, tgt_file], tmp / JOINT_MODEL, vocab_size, **opts)
+                    tokenizer = Tokenizer.load(tmp / JOINT_MODEL)
+                else:
+                    train_sentencepiece([src_file], tmp / SRC_MODEL, vocab_size, **opts)
+                    train_sentencepiece([tgt_file], tmp / TGT_MODEL, vocab_size, **opts)
+                    tokenizer = Tokenizer.load(tmp / SRC_MODEL, tmp / TGT_MODEL)
+            if threads:
+                tokenizer.threads = threads
+            train_src, train_tgt = splits["train"]
+            meta: dict[str, Any] = {
+                "format": FORMAT_VERSION,
+                "src_lang": src_lang or guess_lang(train_src),
+                "tgt_lang": tgt_lang or guess_lang(train_tgt),
+                "src_vocab_size": tokenizer.src_vocab_size,
+                "tgt_vocab_size": tokenizer.tgt_vocab_size,
+                "joint": tokenizer.joint,
+                "tokenizer_files": tokenizer.files(),
+                "special_ids": {"pad": PAD, "unk": UNK, "bos": BOS, "eos": EOS},
+                "first_subword_id": NUM_SPECIAL,
+                "sentencepiece": spm_meta,
+                "max_len": max_len,
+                "max_ratio": max_ratio,
+                "splits": {},
+            }
+            for name, (src, tgt) in files.items():
+                ratio = max_ratio if name == "train" else None
+                (tmp / name).mkdir()
+                stats = _binarize(
+                    tmp / name, src, tgt, tokenizer,
+                    max_len=max_len, max_ratio=ratio, total=totals[name], name=name,
+                    chunk_lines=chunk_lines, progress=progress,
+                )  # fmt: skip
+                meta["splits"][name] = _split_meta(*splits[name], stats, max_len, ratio)
+                say(f"{name}: kept {stats.kept:,} of {stats.pairs:,} pairs")
+            meta["seconds"] = round(time.monotonic() - start, 1)
+            _write_meta(tmp, meta)
     return meta
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -48,6 +49,7 @@ class Option:
     default: Any
     help: str
     minimum: float | None = None  # smallest allowed value (numbers only)
+    maximum: float | None = None  # largest allowed value (numbers only)
 
     def parse(self, value: Any, decoder: str = "") -> Any:
         """A value of this option's type from a string or a Python value; OptionError if bad."""
@@ -68,13 +70,18 @@ class Option:
             value = float(value)
         if not isinstance(value, self.type) or (self.type is not bool and isinstance(value, bool)):
             raise OptionError(f"{where} takes {kind}, got {value!r}")
+        if self.type is float and not math.isfinite(value):  # nan, inf: never a sane setting
+            raise OptionError(f"{where} must be a finite number, got {value}")
         if self.minimum is not None and value < self.minimum:
             raise OptionError(f"{where} must be at least {self.minimum:g}, got {value}")
+        if self.maximum is not None and value > self.maximum:
+            raise OptionError(f"{where} must be at most {self.maximum:g}, got {value}")
         return value
 
     def describe(self) -> str:
         """`steps (int, default 1, >= 0): help`"""
         limit = f", >= {self.minimum:g}" if self.minimum is not None else ""
+        limit += f", <= {self.maximum:g}" if self.maximum is not None else ""
         return f"{self.name} ({self.type.__name__}, default {self.default}{limit}): {self.help}"
 
     def as_dict(self) -> dict[str, Any]:
@@ -83,6 +90,7 @@ class Option:
             "type": self.type.__name__,
             "default": self.default,
             "minimum": self.minimum,
+            "maximum": self.maximum,
             "help": self.help,
         }
 

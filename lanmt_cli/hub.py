@@ -27,6 +27,7 @@ import re
 import shutil
 import sys
 import tempfile
+import urllib.parse
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -34,11 +35,15 @@ from pathlib import Path
 from lanmt_cli import fetch
 from lanmt_cli.archive import NAME_RE, check_bundle, check_name, sha256_file, unpack
 from lanmt_cli.errors import LanmtError
-from lanmt_cli.textio import replace_dir
+from lanmt_cli.textio import os_error_cause, replace_dir
 
 SHIPPED_INDEX = Path(__file__).parent / "index.json"
 DEFAULT_MODEL_DIR = Path(__file__).parent / "models" / "default"
 DEFAULT_NAME = "default"  # the embedded model; no other model may take this name
+DEFAULT_DESCRIPTION = (
+    "English-German LaNMT with its Transformer teacher, trained on Multi30k image captions "
+    "(ships inside lanmt)"
+)
 INDEX_FILE = "index.json"
 
 
@@ -145,10 +150,26 @@ def read_index(location: str, *, required: bool = True) -> Index:
     return Index(location, entries, mirror)
 
 
+def check_mirror(mirror: str) -> None:
+    """A mirror is an http(s) or file:// URL, or a folder that exists: say so clearly."""
+    scheme = urllib.parse.urlsplit(mirror).scheme
+    if len(scheme) > 1 and scheme not in fetch.URL_SCHEMES:
+        raise LanmtError(
+            f"cannot read the mirror {mirror}: {scheme}:// is not supported "
+            "(use an http(s):// or file:// URL, or a folder)"
+        )
+    path = fetch.local_path(mirror)
+    if path is not None and not path.is_dir():
+        why = "not a folder" if path.exists() else "no such folder"
+        raise LanmtError(f"cannot read the mirror {mirror}: {why}")
+
+
 def _indexes(index: str | None, mirror: str | None, *, remote: bool) -> Iterator[Index]:
     """The indexes to look names up in, most trusted first; http ones only if `remote`."""
     main = index or os.environ.get("LANMT_INDEX") or str(SHIPPED_INDEX)
     mirror = mirror or os.environ.get("LANMT_MIRROR")
+    if mirror:
+        check_mirror(mirror)
     if remote or not fetch.is_remote(main):
         found = read_index(main)
         if mirror:
@@ -214,12 +235,34 @@ def _names(names) -> str:
     return ", ".join(sorted(names)) or "none"
 
 
-def _unknown(name: str, known: dict[str, Entry]) -> LanmtError:
+def _installed_names() -> str:
+    """Installed models, without the embedded default (which is shipped, not installed)."""
+    return _names(n for n in installed() if n != DEFAULT_NAME)
+
+
+def _unknown(name: str, known: dict[str, Entry], note: str = "") -> LanmtError:
+    embedded = f"embedded: {DEFAULT_NAME}; " if DEFAULT_NAME in installed() else ""
     return LanmtError(
-        f"unknown model {name!r}; installed: {_names(installed())}; "
-        f"available for download: {_names(known)}; planned: {_names(PLANNED)} "
+        f"unknown model {name!r}; {embedded}installed: {_installed_names()}; "
+        f"available for download: {_names(known)}{note}; planned: {_names(PLANNED)} "
         "(see `lanmt models`)"
     )
+
+
+def _not_listed(name: str, mirror: str | None, known: dict[str, Entry]) -> LanmtError:
+    """`lanmt download NAME` for a name no index lists, saying what was looked at."""
+    mirror = mirror or os.environ.get("LANMT_MIRROR")
+    where = ""
+    if mirror:
+        has_index = fetch.read_small(fetch.join(mirror, INDEX_FILE)) is not None
+        where = f" (the mirror {mirror} {'lists' if has_index else 'has no'} {INDEX_FILE})"
+    path = installed().get(name)
+    if path is not None:
+        return LanmtError(
+            f"{name} is installed at {path}, but no model index lists it{where}, so it cannot "
+            "be downloaded again; reinstall it from its archive with `lanmt download --from`"
+        )
+    return _unknown(name, known, where)
 
 
 def resolve_model(spec: str | None) -> Path:
@@ -328,7 +371,7 @@ def _install_locked(archive: Path, name: str, record: dict) -> Path:
             raise LanmtError(
                 f"disk full while installing {name} into {root}; nothing was installed"
             ) from None
-        raise LanmtError(f"cannot install {name} into {root}: {err}") from None
+        raise LanmtError(f"cannot install {name} into {root}: {os_error_cause(err)}") from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return dest
@@ -414,7 +457,7 @@ def download(
     if found is None:
         if name in PLANNED:
             raise LanmtError(PLANNED[name].message())
-        raise _unknown(name, available(index=index, mirror=mirror))
+        raise _not_listed(name, mirror, available(index=index, mirror=mirror))
     entry, base = found
     if base is None:
         raise LanmtError(
@@ -450,7 +493,7 @@ def remove(name: str, say: Callable[[str], None] = _say) -> Path:
     dest = models_dir() / name
     with _locked(name, say):
         if not dest.is_dir():
-            raise LanmtError(f"{name} is not installed (installed: {_names(installed())})")
+            raise LanmtError(f"{name} is not installed (installed: {_installed_names()})")
         trash = models_dir() / f".{name}.removing-{os.getpid()}"
         try:
             os.replace(dest, trash)  # the model disappears at once, whole
@@ -489,7 +532,9 @@ def listing(
         if name == DEFAULT_NAME:
             row["status"] = "embedded"
         row["languages"] = meta.get("languages") or row["languages"] or {}
-        row["description"] = row["description"] or (meta.get("info") or {}).get("description", "")
+        own = (meta.get("info") or {}).get("description", "")
+        fallback = DEFAULT_DESCRIPTION if name == DEFAULT_NAME else ""
+        row["description"] = row["description"] or own or fallback
     try:
         known = available(index=index, mirror=mirror, remote=remote)
     except LanmtError as err:  # an unreachable index: still list what is installed

@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import codecs
 import contextlib
+import errno
 import gzip
 import io
 import itertools
 import os
+import re
 import shutil
+import stat
 import tempfile
 import zlib
 from collections.abc import Iterator
@@ -151,13 +154,161 @@ def read_parallel(
         yield src_chunk, tgt_chunk
 
 
-# --- output that is never left half-written ---------------------------------------------
+@contextlib.contextmanager
+def read_once(paths: list[Path], folder: Path) -> Iterator[list[Path]]:
+    """Inputs to read several times (count, train, binarize), in the order given.
+
+    A pipe or process substitution (`<(zcat a.gz)`, `/dev/stdin`) gives its lines only
+    once: it is copied as it is into a hidden folder inside `folder` (removed when the
+    block ends) and read from there. Errors name the input as the user gave it.
+    """
+    paths = [Path(p) for p in paths]
+    spool = Path(folder) / ".inputs"
+    copies: dict[Path, Path] = {}
+    try:
+        for i, path in enumerate(paths):
+            try:
+                st = os.stat(path)
+            except OSError:
+                continue  # reading it later says what is wrong
+            if path in copies or stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode):
+                continue
+            spool.mkdir(exist_ok=True)
+            copies[path] = spool / f"input-{i}"
+            with open(path, "rb") as src, open(copies[path], "wb") as dst:
+                shutil.copyfileobj(src, dst, _BLOCK)
+        yield [copies.get(p, p) for p in paths]
+    except LanmtError as err:
+        text = str(err)
+        for given, copy in copies.items():
+            text = text.replace(str(copy), str(given))
+        if text == str(err):
+            raise
+        raise LanmtError(text) from None
+    finally:
+        shutil.rmtree(spool, ignore_errors=True)
+
+
+# --- output that is never left half-written, and never replaces what is not a file ------
+#
+# A regular file (or a new path) is written under a temporary name next to it and renamed
+# into place, so readers never see half of it. A symlink is followed: its target is written
+# that way and the link stays. A character device (/dev/null), a FIFO or a socket is opened
+# and written directly, as `sort -o` and `cp` do: renaming over it would destroy it.
+# Every OSError on the way becomes one `LanmtError` line naming the path and the cause.
+
+_CAUSES = {
+    errno.ENOSPC: "disk full",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EROFS: "read-only file system",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "permission denied (operation not permitted)",
+    errno.ENOENT: "no such file or directory",
+    errno.ENOTDIR: "a part of the path is not a directory",
+    errno.EISDIR: "is a directory",
+    errno.EFBIG: "file too large",
+    errno.EIO: "input/output error",
+}
+_OS_ERROR = re.compile(r"\(os error (\d+)\)")
+
+
+def os_error_cause(err: BaseException) -> str:
+    """A short cause for an OSError (or a library's I/O error naming `os error N`)."""
+    code = getattr(err, "errno", None)
+    if code is None:  # e.g. safetensors: "I/O error: No space left on device (os error 28)"
+        found = _OS_ERROR.search(str(err))
+        code = int(found.group(1)) if found else None
+    if code in _CAUSES:
+        return _CAUSES[code]
+    text = getattr(err, "strerror", None) or (os.strerror(code) if code else str(err))
+    return text[:1].lower() + text[1:]
+
+
+class WriteError(LanmtError):
+    """An output that could not be written: `cannot write PATH: CAUSE`."""
+
+    def __init__(self, path: Path | str, cause: str):
+        super().__init__(f"cannot write {path}: {cause}")
+        self.path, self.cause = Path(path), cause
+
+
+def write_error(path: Path | str, err: BaseException) -> WriteError:
+    """The one-line error for a write of `path` that failed with `err`."""
+    cause = os_error_cause(err)
+    folder = Path(path).parent
+    if getattr(err, "errno", None) == errno.ENOENT and folder.is_dir():
+        cause = f"{folder} does not take new files"  # /proc, for one
+    return WriteError(path, cause)
+
+
+def is_io_error(err: BaseException) -> bool:
+    """An OSError, or a library error wrapping one (safetensors' SafetensorError)."""
+    if isinstance(err, LanmtError):
+        return False
+    return isinstance(err, OSError) or bool(_OS_ERROR.search(str(err)))
+
+
+def _temporary_of(path: Path, out: Path) -> bool:
+    """Whether `path` is, or lies in, a temporary sibling `.NAME.*` of output `out`."""
+    return any(
+        part.parent == out.parent and part.name.startswith(f".{out.name}.")
+        for part in (path, *path.parents)
+    )
+
+
+def _concerns(name: str, outputs: list[Path]) -> bool:
+    """Whether an error about file `name` is about one of `outputs`: the output itself, a
+    folder on its way, a file inside it, or one of its temporary siblings."""
+    path = Path(os.path.abspath(name))
+    for out in (Path(os.path.abspath(o)) for o in outputs):
+        if path == out or path in out.parents or out in path.parents or _temporary_of(path, out):
+            return True
+    return False
+
+
+@contextlib.contextmanager
+def writing(path: Path | str, *also: Path) -> Iterator[None]:
+    """Turn a failed write of output `path` into a one-line `LanmtError`.
+
+    An OSError that names a file other than the output (or `also`) is not about this
+    output and passes through; so does a closed pipe (the reader went away).
+    """
+    try:
+        yield
+    except BrokenPipeError:
+        raise
+    except WriteError as err:  # a write inside this output's temporary folder: name the output
+        where = Path(os.path.abspath(err.path))
+        if any(_temporary_of(where, Path(os.path.abspath(o))) for o in [path, *also]):
+            raise WriteError(path, err.cause) from None
+        raise
+    except Exception as err:
+        if not is_io_error(err):
+            raise
+        name = getattr(err, "filename", None)
+        if name is not None and not _concerns(str(name), [Path(path), *also]):
+            raise
+        raise write_error(path, err) from None
 
 
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def _resolve_output(target: Path) -> tuple[Path, os.stat_result | None]:
+    """The path really written (symlinks followed) and its status (None: it does not exist)."""
+    real = Path(os.path.realpath(target))
+    try:
+        return real, os.stat(real)
+    except (FileNotFoundError, NotADirectoryError):
+        return real, None
+
+
+def is_special(st: os.stat_result | None) -> bool:
+    """Something that is neither a regular file nor a folder: a device, FIFO or socket."""
+    return st is not None and not stat.S_ISREG(st.st_mode) and not stat.S_ISDIR(st.st_mode)
 
 
 def _temp_sibling(target: Path, kind: str) -> Path:
@@ -169,48 +320,121 @@ def _temp_sibling(target: Path, kind: str) -> Path:
 
 @contextlib.contextmanager
 def atomic_file(target: Path) -> Iterator[Path]:
-    """Yield a temporary path next to `target`; it becomes `target` only if the block succeeds."""
+    """Yield the path to write for `target`; see the rules above.
+
+    For a regular file or a new path, a temporary file next to it that becomes `target`
+    only if the block succeeds (keeping the permissions of the file it replaces); for a
+    character device, FIFO or socket, the file itself. A failed write raises a one-line
+    `LanmtError` naming `target` and the cause, and leaves no temporary file behind.
+    """
     target = Path(target)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.tmp-", dir=target.parent)
-    os.close(fd)
-    os.chmod(tmp, 0o666 & ~_umask())
+    real, st = _resolve_output(target)
+    if st is not None and stat.S_ISDIR(st.st_mode):
+        raise LanmtError(f"{target} is a directory, not a file")
+    if is_special(st):
+        with writing(target, real):
+            yield real
+        return
+    tmp = None
     try:
-        yield Path(tmp)
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+        with writing(target, real):
+            fd, name = tempfile.mkstemp(prefix=f".{real.name}.tmp-", dir=real.parent)
+            os.close(fd)
+            tmp = Path(name)
+            os.chmod(tmp, stat.S_IMODE(st.st_mode) if st is not None else 0o666 & ~_umask())
+            yield tmp
+            os.replace(tmp, real)
+            tmp = None
+    finally:
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
 
 
-def replace_dir(tmp: Path, target: Path) -> None:
-    """Move the finished directory `tmp` to `target`, replacing what was there."""
-    if not target.exists():
+def replace_dir(tmp: Path, target: Path, *, replace: bool = True) -> None:
+    """Move the finished directory `tmp` to `target`, replacing what was there (if `replace`)."""
+    if not target.exists() and not target.is_symlink():
         os.rename(tmp, target)
         return
+    if not replace:
+        raise LanmtError(f"{target} already exists; use --force to replace it")
     old = _temp_sibling(target, "old")
     os.rename(target, old / "old")
-    os.rename(tmp, target)
-    shutil.rmtree(old, ignore_errors=True)
+    try:
+        os.rename(tmp, target)
+    except BaseException:
+        os.rename(old / "old", target)  # put the earlier one back
+        raise
+    finally:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 @contextlib.contextmanager
-def atomic_dir(target: Path) -> Iterator[Path]:
+def atomic_dir(target: Path, *, replace: bool = True) -> Iterator[Path]:
     """Yield an empty temporary directory that replaces `target` only if the block succeeds.
 
-    On any error (or Ctrl-C) the temporary directory is removed, along with parent
-    directories this call had to create, and `target` is left as it was.
+    A symlink to a folder is followed: the folder it points to is replaced, the link
+    stays. On any error (or Ctrl-C) the temporary directory is removed, along with parent
+    directories this call had to create, and `target` is left as it was; a failed write
+    raises a one-line `LanmtError` naming `target` and the cause. With `replace=False`, a
+    `target` that appeared meanwhile is not replaced (an error says so).
     """
     target = Path(target)
-    created = [p for p in [target.parent, *target.parent.parents] if not p.exists()]
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _temp_sibling(target, "tmp")
+    real, st = _resolve_output(target)
+    if st is not None and not stat.S_ISDIR(st.st_mode):
+        raise LanmtError(f"{target} exists and is not a directory")
+    created = [p for p in [real.parent, *real.parent.parents] if not p.exists()]
+    tmp = None
     try:
-        yield tmp
-        replace_dir(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        for parent in created:  # innermost first
-            with contextlib.suppress(OSError):
-                parent.rmdir()
-        raise
+        with writing(target, real):
+            real.parent.mkdir(parents=True, exist_ok=True)
+            tmp = _temp_sibling(real, "tmp")
+            yield tmp
+            replace_dir(tmp, real, replace=replace)
+            tmp = None
+    finally:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+            for parent in created:  # innermost first
+                with contextlib.suppress(OSError):
+                    parent.rmdir()
+
+
+def check_writable(
+    path: Path, option: str = "", *, folder: bool = False, whole: bool = False
+) -> None:
+    """Fail now, with one line, when `path` (a file, or with `folder` a folder) cannot be
+    written: before any slow work whose results would then be lost. A folder written
+    `whole` (by `atomic_dir`) is made next to it: its parent must take new files.
+
+    Creates and removes a probe file where the output will go; a device or FIFO is only
+    checked for write permission (opening a FIFO would wait for a reader).
+    """
+    path = Path(path)
+    label = f"{option} {path}" if option else f"cannot write {path}"
+    real, st = _resolve_output(path)
+    if folder:
+        if st is not None and not stat.S_ISDIR(st.st_mode):
+            raise LanmtError(f"{label}: exists and is not a directory")
+        where = real.parent if whole else real
+        while not where.exists():  # the folder is created later: probe its nearest ancestor
+            where = where.parent
+    else:
+        if st is not None and stat.S_ISDIR(st.st_mode):
+            raise LanmtError(f"{label}: is a directory, not a file")
+        if is_special(st):
+            if not os.access(real, os.W_OK):
+                raise LanmtError(f"{label}: permission denied")
+            return
+        where = real.parent
+        if not where.is_dir():
+            raise LanmtError(f"{label}: no such directory {path.parent}")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".lanmt-probe-", dir=where)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        cause = os_error_cause(err)
+        if err.errno == errno.ENOENT:
+            cause = f"{where} does not take new files"
+        raise LanmtError(f"{label}: {cause}") from None

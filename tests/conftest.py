@@ -1,14 +1,29 @@
-"""Shared fixtures: a tiny LaNMT bundle (with its teacher) trained once per test session."""
+"""Shared fixtures: a tiny LaNMT bundle (with its teacher) trained once per test session.
+
+Tests run torch on one thread (and so do the `lanmt` processes they start): the models are
+tiny, and on a busy machine two threads were 17x slower than one. LANMT_TEST_THREADS=N
+asks for N.
+"""
 
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 from pathlib import Path
 
 import pytest
 
-from tests.tiny import make_task
+THREADS = os.environ.get("LANMT_TEST_THREADS", "1")
+for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ[_var] = THREADS  # inherited by every subprocess the tests start
+
+
+def pytest_configure(config) -> None:
+    import torch
+
+    torch.set_num_threads(int(THREADS))
+
 
 ROOT = Path(__file__).resolve().parent.parent
 # The cached bundle is rebuilt whenever the code that defines or trains it changes.
@@ -52,6 +67,8 @@ def tiny_bundle(request, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_task() -> list[tuple[str, str]]:
     """Held-out (source, reference) pairs of the synthetic task."""
+    from tests.tiny import make_task
+
     return make_task(50, seed=12345)
 
 

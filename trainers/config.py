@@ -83,10 +83,19 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        """A TrainConfig from JSON values; a wrong name or type raises a LanmtError naming it."""
+        from lanmt_cli.config import check_types
+
+        if not isinstance(data, dict):
+            raise LanmtError("the training options must be a JSON object")
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - names)
         if unknown:
             raise LanmtError(f"unknown training options: {', '.join(unknown)}")
+        try:
+            check_types(cls, data)
+        except ValueError as err:
+            raise LanmtError(f"training options: {err}") from None
         return cls(**data)
 
     def check(self) -> TrainConfig:
@@ -183,11 +192,13 @@ def apply_model_overrides(config, overrides: dict[str, Any]):
 
 
 def save_config(config: TrainConfig) -> None:
+    from lanmt_cli.textio import atomic_file, writing
+
     path = Path(config.out) / CONFIG_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{CONFIG_FILE}.tmp")
-    tmp.write_text(json.dumps(config.to_dict(), indent=2) + "\n")
-    tmp.replace(path)
+    with writing(path.parent):
+        path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_file(path) as tmp:
+        tmp.write_text(json.dumps(config.to_dict(), indent=2) + "\n")
 
 
 def saved_config(stage_dir: Path) -> dict[str, Any]:
@@ -195,7 +206,13 @@ def saved_config(stage_dir: Path) -> dict[str, Any]:
     path = Path(stage_dir) / CONFIG_FILE
     if not path.is_file():
         return {}
+    from lanmt_cli.config import check_types
+
     try:
-        return json.loads(path.read_text())
+        saved = json.loads(path.read_text())
     except (OSError, ValueError) as err:
         raise LanmtError(f"{path}: unreadable ({err})") from None
+    try:
+        return check_types(TrainConfig, saved)
+    except ValueError as err:
+        raise LanmtError(f"{path}: {err}") from None

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -67,6 +68,8 @@ def ray_cluster(address: str | None, num_cpus: int | None = None) -> Iterator[No
         yield
         return
     quiet = {"include_dashboard": False, "log_to_driver": False, "logging_level": "WARNING"}
+    if not address:  # a private cluster for this run: no token (and no warning about it)
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     try:
         if address:
             ray.init(address=address, log_to_driver=False, logging_level="WARNING")
@@ -108,6 +111,28 @@ def _root_cause(err: BaseException) -> str:
     return text[-1] if text else type(seen).__name__
 
 
+def _fit(trainer: TorchTrainer):
+    """`trainer.fit()` in a helper thread, so that Ray leaves SIGINT alone (it takes it over
+    in the main thread and ends the process with status 1 and no word). Ctrl-C and SIGTERM
+    then reach this thread as in in-process training; leaving `ray_cluster` stops the run.
+    """
+    outcome: dict[str, Any] = {}
+
+    def fit() -> None:
+        try:
+            outcome["result"] = trainer.fit()
+        except BaseException as err:  # handed to the main thread, never printed here
+            outcome["error"] = err
+
+    thread = threading.Thread(target=fit, name="lanmt-ray-fit", daemon=True)
+    thread.start()
+    while thread.is_alive():
+        thread.join(0.2)  # wakes up for signals
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["result"]
+
+
 def run_with_ray(cfg: TrainConfig, launch, on_update: OnUpdate | None = None) -> dict[str, Any]:
     """Run `cfg` on `launch.num_workers` Ray Train workers; the rank-0 summary comes back."""
     # Workers continue from the newest checkpoint, Ray's or RUN/STAGE/last: the stage
@@ -136,7 +161,7 @@ def run_with_ray(cfg: TrainConfig, launch, on_update: OnUpdate | None = None) ->
             ),
         )
         try:
-            result = trainer.fit()
+            result = _fit(trainer)
         except Exception as err:  # Ray's WorkerGroupError, ControllerError, ...
             if isinstance(err, LanmtError):
                 raise

@@ -54,6 +54,29 @@ class Launch:
     def num_workers(self) -> int:
         return max(self.gpus or self.workers, 1)
 
+    def check(self) -> Launch:
+        """Refuse what cannot run, before anything starts: negative counts, GPUs that are
+        not there (on this machine; a cluster is checked when joined)."""
+        if self.gpus is not None and self.gpus < 0:
+            raise LanmtError(f"--gpus must be 0 or more, got {self.gpus}")
+        if self.workers < 0:
+            raise LanmtError(f"--workers must be 0 or more, got {self.workers}")
+        if self.max_failures < 0:
+            raise LanmtError(f"--max-failures must be 0 or more, got {self.max_failures}")
+        if self.gpus and self.workers:
+            raise LanmtError("--gpus N runs N GPU workers, --workers N CPU workers: give one")
+        if self.gpus and self.ray_address is None:
+            import torch
+
+            have = torch.cuda.device_count()
+            if have < self.gpus:
+                gpus = f"{have or 'no'} GPU{'' if have == 1 else 's'}"
+                raise LanmtError(
+                    f"--gpus {self.gpus}: this machine has {gpus}; to train on the CPU, "
+                    "leave --gpus out (or give --gpus 0), or use --workers N for CPU workers"
+                )
+        return self
+
 
 def _command(stage: str, run: Path, data: Path) -> str:
     return f"lanmt train --stage {stage} --data {data} --out {run}"
@@ -67,6 +90,43 @@ def _splits(data: Path) -> dict[str, Any]:
     from lanmt_cli.data import read_meta
 
     return read_meta(data)["splits"]
+
+
+def _lock(run: Path, stage: str):
+    """The lock of one stage of a run: one `lanmt train` writes it at a time."""
+    from lanmt_cli.locks import hold
+
+    return hold(Path(run) / f".{stage}.lock", f"{Path(run) / stage} is being trained")
+
+
+def _check_model(cfg: TrainConfig, meta: dict[str, Any]) -> None:
+    """Build the model config the stage will train, so that bad sizes fail now."""
+    from lanmt_cli.bundle import read_config
+    from lanmt_cli.config import config_from_dict
+    from lanmt_cli.trainers.config import apply_model_overrides, model_config
+
+    try:
+        if cfg.init:
+            base = config_from_dict(read_config(cfg.init)["model"])
+            apply_model_overrides(base, cfg.model)
+        else:
+            vocab = (meta["src_vocab_size"], meta["tgt_vocab_size"])
+            model_config(MODEL_KIND[cfg.stage], *vocab, cfg.model)
+    except (ValueError, TypeError) as err:
+        raise LanmtError(f"model options: {err}") from None
+
+
+def check_options(data: Path, options: dict[str, Any]) -> None:
+    """Check the options of every training stage of the recipe before the first starts."""
+    from lanmt_cli.data import read_meta
+
+    meta = read_meta(Path(data))
+    for stage in ("teacher", "lanmt", "finetune"):
+        defaults = TrainConfig(stage=stage, data="", out="").to_dict()
+        values = {**defaults, **STAGE_DEFAULTS[stage], **stage_options(stage, options)}
+        if stage == "finetune":
+            values["init"] = None  # made by the LaNMT stage
+        _check_model(TrainConfig.from_dict(values).check(), meta)
 
 
 def _guard(sdir: Path, stage: str, resume: bool, force: bool) -> None:
@@ -92,7 +152,10 @@ def train_config(
     resume: bool = False,
     force: bool = False,
 ) -> TrainConfig:
-    """The checked TrainConfig of a training stage; says which command makes a missing input."""
+    """The checked TrainConfig of a training stage; says which command makes a missing input.
+
+    Writes nothing: every option error comes before anything starts.
+    """
     run, data = Path(run).resolve(), Path(data).resolve()
     sdir = run / stage
     saved = saved_config(sdir) if resume and not force else {}
@@ -137,13 +200,33 @@ def train_config(
             "the KL budget anneals over the update budget: give --max-steps or --epochs "
             "as well as --max-time"
         )
-    _guard(sdir, stage, resume, force)  # only once every input is there
-    if stage == "lanmt" and Path(cfg.teacher) != sdir / "teacher":
+    from lanmt_cli.data import read_meta
+
+    _check_model(cfg, read_meta(data))
+    return cfg
+
+
+def _clean_leftovers(sdir: Path) -> None:
+    """Temporary folders of checkpoints a killed worker was writing (we hold the lock)."""
+    if sdir.is_dir():
+        for pattern in (".*.tmp-*", ".*.old-*"):
+            for path in sdir.glob(pattern):
+                if path.is_dir():
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    path.unlink(missing_ok=True)
+
+
+def _claim(cfg: TrainConfig, resume: bool, force: bool) -> None:
+    """Under the stage's lock: clear an earlier run (--force), copy the teacher in."""
+    sdir = Path(cfg.out)
+    _guard(sdir, cfg.stage, resume, force)  # only once every input is there
+    _clean_leftovers(sdir)
+    if cfg.stage == "lanmt" and Path(cfg.teacher) != sdir / "teacher":
         from lanmt_cli.trainers.checkpoint import copy_bundle
 
         copy_bundle(Path(cfg.teacher), sdir / "teacher")  # a clean copy for every checkpoint
         cfg.teacher = str(sdir / "teacher")
-    return cfg
 
 
 def train_stage(
@@ -158,27 +241,31 @@ def train_stage(
     on_update=None,
 ) -> dict[str, Any]:
     """Train one stage to its end; return the run's summary (also in RUN/STAGE/result.json)."""
+    from lanmt_cli.textio import atomic_file, writing
     from lanmt_cli.trainers.display import follow
     from lanmt_cli.trainers.loop import LOG_FILE, run_in_process
 
-    launch = launch or Launch()
+    launch = (launch or Launch()).check()
     cfg = train_config(run, stage, data, options, resume=resume, force=force)
-    if launch.gpus == 0 and not launch.ray:
-        cfg.device = "cpu"
-    save_config(cfg)
+    if not launch.ray and cfg.device == "auto" and launch.gpus is not None:
+        cfg.device = "cuda" if launch.gpus else "cpu"
     sdir = Path(cfg.out)
-    (sdir / RESULT_FILE).unlink(missing_ok=True)
-    with follow(sdir / LOG_FILE, show=launch.show):
-        if launch.ray:
-            from lanmt_cli.trainers.ray_runner import run_with_ray
+    with _lock(Path(cfg.out).parent, stage), writing(sdir):  # a failed write: one line
+        _claim(cfg, resume, force)
+        save_config(cfg)
+        (sdir / RESULT_FILE).unlink(missing_ok=True)
+        with follow(sdir / LOG_FILE, show=launch.show):
+            if launch.ray:
+                from lanmt_cli.trainers.ray_runner import run_with_ray
 
-            result = run_with_ray(cfg, launch, on_update=on_update)
-        else:
-            result = run_in_process(cfg, on_update=on_update)
-    if result.get("error"):
-        raise LanmtError(result["error"])
-    result["model"] = str(sdir / "best")
-    (sdir / RESULT_FILE).write_text(json.dumps(result, indent=2) + "\n")
+                result = run_with_ray(cfg, launch, on_update=on_update)
+            else:
+                result = run_in_process(cfg, on_update=on_update)
+        if result.get("error"):
+            raise LanmtError(result["error"])
+        result["model"] = str(sdir / "best")
+        with atomic_file(sdir / RESULT_FILE) as tmp:  # marks the stage done: whole or not at all
+            tmp.write_text(json.dumps(result, indent=2) + "\n")
     return result
 
 
@@ -207,16 +294,20 @@ def distill_stage(
             f"no teacher model at {teacher}; train it first with: " + _command("teacher", run, data)
         )
     sdir = run / "distill"
-    _guard(sdir, "distill", resume, force)
-    (sdir / RESULT_FILE).unlink(missing_ok=True)
 
     def quiet(total, description, done=0):
         return contextlib.nullcontext(lambda n: None)
 
-    return distill(
-        data, teacher, sdir, beam=beam, length_penalty=length_penalty, max_tokens=max_tokens,
-        device=device, threads=threads, show=counter if show else quiet,
-    )  # fmt: skip
+    from lanmt_cli.textio import writing
+
+    with _lock(run, "distill"), writing(sdir):
+        _guard(sdir, "distill", resume, force)
+        (sdir / RESULT_FILE).unlink(missing_ok=True)
+        return distill(
+            data, teacher, sdir, beam=beam, length_penalty=length_penalty,
+            max_tokens=max_tokens, device=device, threads=threads,
+            show=counter if show else quiet,
+        )  # fmt: skip
 
 
 # In the whole recipe, finetune keeps its own schedule and budget.
@@ -247,7 +338,12 @@ def run_recipe(
     force: bool = False,
     say=print,
 ) -> dict[str, Any]:
-    """All stages in order; finished stages are skipped. Returns the last stage's summary."""
+    """All stages in order; finished stages are skipped. Returns the last stage's summary.
+
+    Every option of every stage is checked before the first one starts.
+    """
+    launch.check()
+    check_options(data, options)
     result: dict[str, Any] = {}
     for stage in STAGES:
         if stage_done(run, stage) and not force:
@@ -272,4 +368,5 @@ __all__ = [
     "run_recipe",
     "stage_done",
     "stage_options",
+    "check_options",
 ]

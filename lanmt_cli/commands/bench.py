@@ -36,13 +36,16 @@ def _say(message: str) -> None:
     typer.echo(message, err=True)
 
 
-def _check_output_file(path: Path | None, option: str) -> None:
-    if path is None:
-        return
-    if path.is_dir():
-        raise LanmtError(f"{option} {path} is a directory, not a file")
-    if not path.parent.is_dir():
-        raise LanmtError(f"{option} {path}: no such directory {path.parent}")
+def _check_outputs(json_file: Path | None, plot: Path | None, output_dir: Path | None) -> None:
+    """Every output can be written: checked before any model is loaded, so that a long
+    benchmark never ends in a write error with its results lost."""
+    from lanmt_cli.textio import check_writable
+
+    for path, option in ((json_file, "--json"), (plot, "--plot")):
+        if path is not None:
+            check_writable(path, option)
+    if output_dir is not None:
+        check_writable(output_dir, "--output-dir", folder=True)
 
 
 def _check_arguments(src, ref, test_set, langpair, evaluate, plot, latency_sentences) -> None:
@@ -176,8 +179,7 @@ def bench(
     Example: lanmt bench -m MODEL --src test.en --ref test.de --evaluate --max-sentences 500
     """
     _check_arguments(src, ref, test_set, langpair, evaluate, plot, latency_sentences)
-    _check_output_file(json_file, "--json")
-    _check_output_file(plot, "--plot")
+    _check_outputs(json_file, plot, output_dir)
     from lanmt_cli import bench as measure
     from lanmt_cli import bench_data, bench_report
 
@@ -219,15 +221,7 @@ def bench(
         say=_say,
     )
     report.model.update(spec=model, load_seconds=load_seconds)
-    if output_dir is not None:
-        bench_report.write_translations(report, data, output_dir)
-        _say(f"translations in {output_dir}")
-    if json_file is not None:
-        bench_report.write_json(report, json_file)
-        _say(f"figures in {json_file}")
-    if plot is not None:
-        bench_report.plot(report, plot)
-        _say(f"plot in {plot}")
+    # The table first: a failing write below cannot lose the results.
     if markdown:
         typer.echo(bench_report.markdown(report), nl=False)
     else:
@@ -235,6 +229,25 @@ def bench(
 
         console = Console(width=None if sys.stdout.isatty() else 200)
         console.print(bench_report.rich_table(report))
+    _write_outputs(report, data, json_file, plot, output_dir)
+
+
+def _write_outputs(report, data, json_file, plot, output_dir) -> None:
+    from lanmt_cli import bench_report
+    from lanmt_cli.textio import writing
+
+    if output_dir is not None:
+        with writing(output_dir):
+            bench_report.write_translations(report, data, output_dir)
+        _say(f"translations in {output_dir}")
+    if json_file is not None:
+        with writing(json_file):
+            bench_report.write_json(report, json_file)
+        _say(f"figures in {json_file}")
+    if plot is not None:
+        with writing(plot):
+            bench_report.plot(report, plot)
+        _say(f"plot in {plot}")
 
 
 def register(app: typer.Typer, wrap) -> None:

@@ -32,6 +32,7 @@ def _text(rows: list[dict]) -> str:
             lines.append(f"    {row['name']}N (or {row['name']}-N) sets {row['numbered_option']}=N")
         for o in row["options"]:
             limit = f", >= {o['minimum']:g}" if o["minimum"] is not None else ""
+            limit += f", <= {o['maximum']:g}" if o.get("maximum") is not None else ""
             lines.append(
                 f"    --opt {o['name']}={o['type'].upper()}  "
                 f"(default {o['default']}{limit}) {o['help']}"

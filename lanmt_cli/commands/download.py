@@ -10,22 +10,31 @@ import typer
 
 def download(
     name: str = typer.Argument(
-        None, help="Model to install (see `lanmt models`); with --from, the name to install as."
+        None,
+        metavar="NAME",
+        help="Model to install (see `lanmt models`); with --from, the name to install as.",
     ),
     mirror: str = typer.Option(
         None,
         "--mirror",
+        metavar="URL|DIR",
         help="Where the archives lie: http(s) or file:// URL, or a folder [env: LANMT_MIRROR].",
     ),
     index: str = typer.Option(
         None,
         "--index",
+        metavar="FILE|URL",
         help="Model index (file or URL) to use instead of the shipped one [env: LANMT_INDEX].",
     ),
     from_file: Path = typer.Option(
-        None, "--from", help="Install this local archive (made by `lanmt pack`) instead."
+        None,
+        "--from",
+        metavar="ARCHIVE",
+        help="Install this local archive (made by `lanmt pack`) instead.",
     ),
-    sha256: str = typer.Option(None, "--sha256", help="Expected sha256 of the --from archive."),
+    sha256: str = typer.Option(
+        None, "--sha256", metavar="HEX", help="Expected sha256 of the --from archive."
+    ),
     force: bool = typer.Option(False, "--force", help="Reinstall a model already installed."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
@@ -49,14 +58,27 @@ def download(
 
 
 def pack(
-    bundle: Path = typer.Argument(..., help="Model bundle folder (config.json, weights, ...)."),
-    name: str = typer.Option(None, "--name", help="Model name [default: the folder's name]."),
-    out: Path = typer.Option(Path("."), "--out", "-o", help="Folder to write the archive into."),
+    bundle: Path = typer.Argument(
+        ..., metavar="BUNDLE", help="Model bundle folder (config.json, weights, ...)."
+    ),
+    name: str = typer.Option(
+        None, "--name", metavar="NAME", help="Model name [default: the folder's name]."
+    ),
+    out: Path = typer.Option(
+        Path("."), "--out", "-o", metavar="DIR", help="Folder to write the archive into."
+    ),
     xz: bool = typer.Option(False, "--xz", help="Make a .tar.xz (smaller, slower) not .tar.gz."),
-    description: str = typer.Option(None, "--description", help="One line for `lanmt models`."),
-    licence: str = typer.Option(None, "--licence", "--license", help="Licence of the weights."),
+    description: str = typer.Option(
+        None, "--description", metavar="TEXT", help="One line for `lanmt models`."
+    ),
+    licence: str = typer.Option(
+        None, "--licence", "--license", metavar="NAME", help="Licence of the weights."
+    ),
     index: Path = typer.Option(
-        None, "--index", help="Also add the entry to this index.json (created if missing)."
+        None,
+        "--index",
+        metavar="FILE",
+        help="Also add the entry to this index.json (created if missing).",
     ),
 ) -> None:
     """Pack a model bundle into an archive for a mirror; print its index entry (JSON).

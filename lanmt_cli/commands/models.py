@@ -8,10 +8,16 @@ import typer
 
 _JSON = typer.Option(False, "--json", help="Print a JSON list instead of a table.")
 _INDEX = typer.Option(
-    None, "--index", help="Model index (file or URL) instead of the shipped one [env: LANMT_INDEX]."
+    None,
+    "--index",
+    metavar="FILE|URL",
+    help="Model index (file or URL) instead of the shipped one [env: LANMT_INDEX].",
 )
 _MIRROR = typer.Option(
-    None, "--mirror", help="Also list the models in this mirror's index.json [env: LANMT_MIRROR]."
+    None,
+    "--mirror",
+    metavar="URL|DIR",
+    help="Also list the models in this mirror's index.json [env: LANMT_MIRROR].",
 )
 
 
@@ -58,7 +64,9 @@ def models(
         list_models(as_json=as_json, index=index, mirror=mirror)
 
 
-def remove(name: str = typer.Argument(..., help="Installed model to remove.")) -> None:
+def remove(
+    name: str = typer.Argument(..., metavar="NAME", help="Installed model to remove."),
+) -> None:
     """Remove an installed model."""
     from lanmt_cli import hub
 
@@ -67,7 +75,7 @@ def remove(name: str = typer.Argument(..., help="Installed model to remove.")) -
 
 
 def register(app: typer.Typer, wrap) -> None:
-    sub = typer.Typer(no_args_is_help=False, rich_markup_mode=None)
+    sub = typer.Typer(cls=app.info.cls, no_args_is_help=False, rich_markup_mode=None)
     sub.callback(invoke_without_command=True)(wrap(models))
     sub.command("list")(wrap(list_models))
     sub.command("remove")(wrap(remove))

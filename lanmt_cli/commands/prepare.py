@@ -83,11 +83,15 @@ def prepare(
     ] = 3.0,
     src_lang: Annotated[
         str | None,
-        typer.Option("--src-lang", "-s", help="Source language code [default: file suffix]."),
+        typer.Option(
+            "--src-lang", "-s", metavar="LANG", help="Source language code [default: file suffix]."
+        ),
     ] = None,
     tgt_lang: Annotated[
         str | None,
-        typer.Option("--tgt-lang", "-t", help="Target language code [default: file suffix]."),
+        typer.Option(
+            "--tgt-lang", "-t", metavar="LANG", help="Target language code [default: file suffix]."
+        ),
     ] = None,
     tokenizer_from: Annotated[
         Path | None,

@@ -2,15 +2,25 @@
 
 from __future__ import annotations
 
+from enum import Enum
 from pathlib import Path
 
 import typer
 
-STAGE_CHOICES = ("all", "teacher", "distill", "lanmt", "finetune")
+
+class Stage(str, Enum):
+    all = "all"
+    teacher = "teacher"
+    distill = "distill"
+    lanmt = "lanmt"
+    finetune = "finetune"
+
+
+STAGE_CHOICES = tuple(s.value for s in Stage)
 
 HELP = """Train LaNMT: teacher, distillation, LaNMT with the KL budget annealed, finetune.
 
-Every stage keeps its checkpoints in OUT/STAGE/{last,best}; best/ is a model bundle
+Every stage keeps its checkpoints in OUT/STAGE/last and OUT/STAGE/best; best/ is a model bundle
 for `lanmt translate --model`, OUT/finetune/best the final model. Without --gpus or
 --workers, training runs in this process on one device; --gpus N runs N Ray Train
 workers, one per GPU (--workers N: CPU workers); --ray-address joins a cluster.
@@ -18,31 +28,49 @@ workers, one per GPU (--workers N: CPU workers); --ray-address joins a cluster.
 
 
 def train(
-    data: Path = typer.Option(..., "--data", help="Prepared data directory (lanmt prepare)."),
-    out: Path = typer.Option(..., "--out", help="Run directory: one folder per stage."),
-    stage: str = typer.Option("all", help="all | teacher | distill | lanmt | finetune."),
+    data: Path = typer.Option(
+        ..., "--data", metavar="DIR", help="Prepared data directory (lanmt prepare)."
+    ),
+    out: Path = typer.Option(
+        ..., "--out", metavar="DIR", help="Run directory: one folder per stage."
+    ),
+    stage: Stage = typer.Option(Stage.all, help="The whole recipe, or one stage of it."),
     resume: bool = typer.Option(False, "--resume", help="Continue where the stage stopped."),
     force: bool = typer.Option(False, "--force", help="Discard an earlier run of the stage."),
     # where it runs
-    gpus: int = typer.Option(None, help="GPU workers (Ray when more than 1); 0: CPU only."),
-    workers: int = typer.Option(0, help="CPU workers on Ray (gloo), for machines without GPUs."),
-    ray_address: str = typer.Option(None, help="Join this Ray cluster: auto or HOST:PORT."),
+    gpus: int = typer.Option(None, min=0, help="GPU workers (Ray when more than 1); 0: CPU only."),
+    workers: int = typer.Option(
+        0, min=0, help="CPU workers on Ray (gloo), for machines without GPUs."
+    ),
+    ray_address: str = typer.Option(
+        None, metavar="auto|HOST:PORT", help="Join this Ray cluster: auto or HOST:PORT."
+    ),
     ray: bool = typer.Option(False, "--ray", help="Use Ray even for one worker."),
-    max_failures: int = typer.Option(3, help="Ray: worker-group restarts from the checkpoint."),
-    threads: int = typer.Option(None, help="torch threads per worker (CPU)."),
-    device: str = typer.Option(None, help="In-process device: auto, cpu, cuda, cuda:N."),
-    amp: str = typer.Option(None, help="Mixed precision: auto, bf16, fp16 or off."),
+    max_failures: int = typer.Option(
+        3, min=0, help="Ray: worker-group restarts from the checkpoint."
+    ),
+    threads: int = typer.Option(None, min=0, help="torch threads per worker (CPU) [torch's]."),
+    device: str = typer.Option(
+        None, metavar="auto|cpu|cuda|cuda:N", help="In-process device [auto]."
+    ),
+    amp: str = typer.Option(
+        None, metavar="auto|bf16|fp16|off", help="Mixed precision: auto, bf16, fp16 or off."
+    ),
     # how long
     max_steps: int = typer.Option(None, help="Updates to train (default 100000)."),
     epochs: float = typer.Option(None, help="Passes over the training data."),
-    max_time: str = typer.Option(None, help="Training time, e.g. 3600, 90m, 1.5h."),
+    max_time: str = typer.Option(
+        None, metavar="DURATION", help="Training time, e.g. 3600, 90m, 1.5h."
+    ),
     # batches and optimizer
     max_tokens: int = typer.Option(None, help="Padded tokens per batch per worker [4096]."),
     accum: int = typer.Option(None, help="Batches per update per worker [1]."),
     lr: float = typer.Option(None, help="Peak learning rate [7e-4; finetune 1e-4]."),
     warmup: int = typer.Option(None, help="Warm-up updates [4000; finetune 0]."),
-    schedule: str = typer.Option(None, help="inverse-sqrt or constant."),
-    adam_betas: str = typer.Option(None, help="Adam betas [0.9,0.98]."),
+    schedule: str = typer.Option(
+        None, metavar="inverse-sqrt|constant", help="Learning-rate schedule [inverse-sqrt]."
+    ),
+    adam_betas: str = typer.Option(None, metavar="B1,B2", help="Adam betas [0.9,0.98]."),
     adam_eps: float = typer.Option(None, help="Adam epsilon [1e-4]."),
     weight_decay: float = typer.Option(None, help="Adam weight decay [0]."),
     clip_norm: float = typer.Option(None, help="Gradient norm clipping, 0 = off [1.0]."),
@@ -62,10 +90,14 @@ def train(
     ),
     kl_floor: float = typer.Option(None, help="Where the KL budget anneals to [0.5; finetune 0]."),
     # data and models
-    train_split: str = typer.Option(None, help="Training split [teacher: train; LaNMT: distill]."),
-    valid_split: str = typer.Option(None, help="Validation split [valid]."),
-    teacher: Path = typer.Option(None, help="Teacher bundle [OUT/teacher/best]."),
-    init: Path = typer.Option(None, help="Bundle to start from [finetune: OUT/lanmt/last]."),
+    train_split: str = typer.Option(
+        None, metavar="SPLIT", help="Training split [teacher: train; LaNMT: distill]."
+    ),
+    valid_split: str = typer.Option(None, metavar="SPLIT", help="Validation split [valid]."),
+    teacher: Path = typer.Option(None, metavar="DIR", help="Teacher bundle [OUT/teacher/best]."),
+    init: Path = typer.Option(
+        None, metavar="DIR", help="Bundle to start from [finetune: OUT/lanmt/last]."
+    ),
     teacher_init: str = typer.Option(
         None,
         metavar="none|encoder|all",
@@ -92,8 +124,7 @@ def train(
     from lanmt_cli.errors import LanmtError
     from lanmt_cli.trainers.schedule import parse_duration
 
-    if stage not in STAGE_CHOICES:
-        raise LanmtError(f"unknown stage {stage!r}; choose one of {', '.join(STAGE_CHOICES)}")
+    stage = Stage(stage).value
     if not data.is_dir():
         raise LanmtError(f"{data}: no such data directory (make one with lanmt prepare)")
     betas = None
@@ -132,7 +163,7 @@ def train(
     launch = Launch(
         gpus=gpus, workers=workers, ray_address=ray_address, use_ray=ray,
         max_failures=max_failures,
-    )  # fmt: skip
+    ).check()  # fmt: skip
     distill_options = {
         "teacher": teacher, "beam": beam, "length_penalty": length_penalty,
         "max_tokens": distill_tokens, "threads": threads or 0,

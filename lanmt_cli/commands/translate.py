@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import queue
 import sys
@@ -189,18 +190,30 @@ class Progress:
 # --- output ------------------------------------------------------------------------------
 
 
+def _finite(value):
+    """`value` with every NaN or infinite float replaced by None (JSON has no NaN)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
 def _format(result, options: dict, fmt: Format) -> str:
     if fmt is Format.text:
         return result.translation.replace("\n", " ")
     r = result.as_dict()
     order = ("source", "translation", "decoder", "score", "length", "pieces", "truncated")
     record = {**{k: r[k] for k in order}, "options": options, "candidates": r["candidates"]}
-    return json.dumps(record, ensure_ascii=False)
+    return json.dumps(_finite(record), ensure_ascii=False, allow_nan=False)  # strict JSON
 
 
 @contextlib.contextmanager
 def _output(target: str) -> Iterator[IO[bytes]]:
-    """stdout, or a file that appears (atomically) only once it is complete."""
+    """stdout, or a file that appears (atomically) only once it is complete; a device or
+    FIFO is written directly, a symlink's target replaced (see `textio.atomic_file`)."""
     if target == "-":
         yield sys.stdout.buffer if hasattr(sys.stdout, "buffer") else sys.stdout
         return

@@ -1,0 +1,320 @@
+"""Training and preparation under faults (issue 14): locks, option errors before anything
+starts, pipes as inputs, checkpoints that cannot be written, Ctrl-C on Ray workers.
+
+Runs that must be separate processes (a second writer, signals, a file-size limit) are real
+`lanmt` subprocesses.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from lanmt_cli.app import app
+from lanmt_cli.data import read_meta
+from lanmt_cli.trainers.checkpoint import read_position
+from tests.test_train_loop import prepare_tiny_data
+from tests.tiny import make_task
+
+ROOT = Path(__file__).resolve().parent.parent
+POSIX = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals, FIFOs and limits")
+TINY = ["--hidden", "32", "--layers", "1", "--heads", "2", "--ffn", "64", "--max-tokens", "512",
+        "--warmup", "10", "--lr", "3e-3", "--bleu-sents", "10"]  # fmt: skip
+
+
+def lanmt(*args):
+    result = CliRunner().invoke(app, [str(a) for a in args])
+    if result.exception and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return result
+
+
+def _cli(*args, env: dict | None = None, **kw) -> subprocess.Popen:
+    env = {**(os.environ if env is None else env), "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "-m", "lanmt_cli.app", *map(str, args)]
+    return subprocess.Popen(cmd, env=env, **kw)
+
+
+def wait_for(condition, timeout: float = 180.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
+
+
+def log_events(stage_dir: Path, event: str) -> list[dict]:
+    """The records of one kind in a stage's log (which another process may be writing)."""
+    path = stage_dir / "train.jsonl"
+    records = []
+    for line in path.read_text().splitlines() if path.exists() else []:
+        try:
+            records.append(json.loads(line))
+        except ValueError:  # a line being written
+            continue
+    return [r for r in records if r["event"] == event]
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> Path:
+    return prepare_tiny_data(tmp_path_factory.mktemp("faults") / "data")
+
+
+def write_pairs(folder: Path, n: int, seed: int) -> tuple[Path, Path]:
+    pairs = make_task(n, seed)
+    src, tgt = folder / f"pairs{seed}.en", folder / f"pairs{seed}.de"
+    src.write_text("".join(s + "\n" for s, _ in pairs))
+    tgt.write_text("".join(t + "\n" for _, t in pairs))
+    return src, tgt
+
+
+# --- options are checked before anything starts -------------------------------------------
+
+NO_GPU = pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without GPUs")
+
+
+@pytest.mark.parametrize("stage", ["teacher", "all"])
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--hidden", "65", "--heads", "2"], "must be a multiple of the number of attention heads"),
+        (["--dropout", "1.5"], "field model.dropout must be in [0, 1), got 1.5"),
+        pytest.param(["--gpus", "1"], "--gpus 1: this machine has no GPUs", marks=NO_GPU),
+        (["--gpus", "8"], "--gpus 8: this machine has"),
+        (["--gpus", "2", "--workers", "2"], "give one"),
+    ],
+)
+def test_option_errors_come_first_and_leave_nothing(data_dir, tmp_path, stage, args, message):
+    run = tmp_path / "run"
+    result = lanmt("train", "--data", data_dir, "--out", run, "--stage", stage, *args)
+    assert result.exit_code == 1
+    assert result.stderr.startswith("error: ") and message in result.stderr
+    assert result.stderr.count("\n") == 1
+    assert not run.exists()  # no train_config.json, no lock, no folder
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--gpus", "-1"], "Invalid value for '--gpus'"),
+        (["--workers", "-1"], "Invalid value for '--workers'"),
+        (["--stage", "nope"], "'nope' is not one of 'all', 'teacher', 'distill', 'lanmt'"),
+    ],
+)
+def test_out_of_range_options_are_usage_errors(data_dir, tmp_path, args, message):
+    run = tmp_path / "run"
+    result = lanmt("train", "--data", data_dir, "--out", run, *args)
+    assert result.exit_code == 2
+    assert message in result.stderr and "Traceback" not in result.output
+    assert not run.exists()
+
+
+def test_a_saved_training_config_with_wrong_types_names_the_field(data_dir, tmp_path):
+    stage_dir = tmp_path / "run" / "teacher"
+    stage_dir.mkdir(parents=True)
+    (stage_dir / "train_config.json").write_text(json.dumps({"lr": "fast", "stage": "teacher"}))
+    result = lanmt("train", "--data", data_dir, "--out", tmp_path / "run", "--stage", "teacher",
+                   "--resume")  # fmt: skip
+    assert result.exit_code == 1
+    path = (stage_dir / "train_config.json").resolve()
+    assert result.stderr == f"error: {path}: field lr must be a number, got 'fast'\n"
+
+
+# --- one writer per stage and per prepared folder -----------------------------------------
+
+
+@POSIX
+def test_a_second_run_of_a_stage_is_refused_naming_the_first(data_dir, tmp_path):
+    """Two `lanmt train` into one --out: the second says who holds the stage; SIGTERM then
+    ends the first with 143, its lock released."""
+    run = tmp_path / "run"
+    first = _cli("train", "--stage", "teacher", "--data", data_dir, "--out", run, *TINY,
+                 "--max-steps", "100000", "--valid-every", "100000",
+                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    try:
+        wait_for(lambda: log_events(run / "teacher", "start"), what="the first run to start")
+        second = lanmt("train", "--stage", "teacher", "--data", data_dir, "--out", run, *TINY)
+        assert second.exit_code == 1
+        assert second.stderr.startswith(
+            f"error: {run.resolve() / 'teacher'} is being trained by another lanmt process "
+            f"(pid {first.pid} on {socket.gethostname()}, since "
+        )
+        assert "running: lanmt train --stage teacher" in second.stderr
+        assert len(log_events(run / "teacher", "start")) == 1  # the second never started
+        first.send_signal(signal.SIGTERM)
+        assert first.wait(120) == 143
+        assert first.stderr.read().endswith(b"terminated\n")
+    finally:
+        first.kill()
+        first.wait()
+    assert not (run / ".teacher.lock").exists()
+    assert not list((run / "teacher").glob(".*"))  # no temporary checkpoint folder
+
+
+@POSIX
+def test_prepare_reads_pipes_once_and_locks_its_output(tmp_path):
+    """`lanmt prepare` from two FIFOs: it holds the lock of --out while it waits for them
+    (a second prepare is refused, naming it); each pipe is read once, so every pair counts;
+    then an existing --out is refused without --force."""
+    src, tgt = write_pairs(tmp_path, 2000, seed=3)
+    src_fifo, tgt_fifo = tmp_path / "src.fifo", tmp_path / "tgt.fifo"
+    os.mkfifo(src_fifo)
+    os.mkfifo(tgt_fifo)
+    out = tmp_path / "data"
+    args = ["--out", out, "--vocab-size", "55"]
+    first = _cli("prepare", "--train-src", src_fifo, "--train-tgt", tgt_fifo, *args,
+                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    lock = tmp_path / ".data.lock"
+    try:
+        wait_for(lambda: lock.exists() and lock.read_text(), what="the first prepare's lock")
+        second = lanmt("prepare", "--train-src", src, "--train-tgt", tgt, *args)
+        assert second.exit_code == 1
+        assert second.stderr.startswith(
+            f"error: {out} is being prepared by another lanmt process (pid {first.pid} on "
+        )
+        for fifo, text in ((src_fifo, src), (tgt_fifo, tgt)):
+            with open(fifo, "wb") as f:  # each pipe gives its lines once
+                f.write(text.read_bytes())
+        stdout, stderr = first.communicate(timeout=300)
+    finally:
+        first.kill()
+        first.wait()
+    assert first.returncode == 0, stderr
+    assert f"wrote {out}" in stdout.decode()
+    assert read_meta(out)["splits"]["train"]["pairs"] == 2000
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["data", src.name, tgt.name, src_fifo.name, tgt_fifo.name]
+    )  # no lock file, no temporary folder, no spooled copy
+    again = lanmt("prepare", "--train-src", src, "--train-tgt", tgt, *args)
+    assert again.exit_code == 1
+    assert again.stderr == f"error: {out} already exists; use --force to replace it\n"
+
+
+@POSIX
+@pytest.mark.skipif(not shutil.which("bash") or not shutil.which("zcat"), reason="bash, zcat")
+def test_prepare_from_process_substitution(tmp_path):
+    """The exact command of the report: `--train-src <(zcat a.gz) --train-tgt <(zcat b.gz)`."""
+    src, tgt = write_pairs(tmp_path, 2000, seed=4)
+    subprocess.run(["gzip", src, tgt], check=True)
+    out = tmp_path / "data"
+    command = (
+        f"{sys.executable} -m lanmt_cli.app prepare --train-src <(zcat {src}.gz) "
+        f"--train-tgt <(zcat {tgt}.gz) --out {out} --vocab-size 55"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(["bash", "-c", command], env=env, capture_output=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    split = read_meta(out)["splits"]["train"]
+    assert split["pairs"] == 2000 and split["kept"] > 1900
+
+
+# --- outputs that cannot be written ------------------------------------------------------
+
+
+@POSIX
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc and /sys")
+@pytest.mark.parametrize(
+    ("out", "cause"),
+    [
+        ("/proc/lanmt-data", "/proc does not take new files"),
+        ("/sys/lanmt-data", "permission denied"),
+    ],
+)
+def test_prepare_into_a_folder_it_cannot_write_is_one_line(tmp_path, out, cause):
+    if out.startswith("/sys") and os.geteuid() != 0:
+        locked = tmp_path / "locked"
+        locked.mkdir()
+        locked.chmod(0o555)
+        out = str(locked / "data")
+    src, tgt = write_pairs(tmp_path, 50, seed=5)
+    result = lanmt("prepare", "--train-src", src, "--train-tgt", tgt, "--out", out)
+    assert result.exit_code == 1
+    assert result.stderr == f"error: cannot write {out}: {cause}\n"
+
+
+@POSIX
+def test_prepare_that_runs_out_of_room_leaves_nothing(tmp_path):
+    """A file-size limit (it stops root too) makes a file of the new folder fail to write."""
+    import resource
+
+    src, tgt = write_pairs(tmp_path, 2000, seed=6)
+    out = tmp_path / "out" / "data"
+
+    def small_files() -> None:  # Python ignores SIGXFSZ: a write past the limit gets EFBIG
+        resource.setrlimit(resource.RLIMIT_FSIZE, (2000, resource.RLIM_INFINITY))
+
+    args = ["prepare", "--train-src", src, "--train-tgt", tgt, "--out", out, "--vocab-size", "55"]
+    p = _cli(*args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=small_files)
+    _, err = p.communicate(timeout=300)
+    assert p.returncode == 1
+    assert err.decode() == f"error: cannot write {out}: file too large\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([src.name, tgt.name])
+
+
+# --- a checkpoint that cannot be written --------------------------------------------------
+
+
+@POSIX
+def test_a_checkpoint_that_cannot_be_written_leaves_the_last_one_intact(data_dir, tmp_path):
+    """A file-size limit (which stops root too) makes the next checkpoint fail: one line,
+    exit 1, no temporary folder, and `last/` still the checkpoint before."""
+    import resource
+
+    run = tmp_path / "run"
+    common = ["train", "--stage", "teacher", "--data", data_dir, "--out", run, *TINY,
+              "--valid-every", "4"]  # fmt: skip
+    assert lanmt(*common, "--max-steps", "4").exit_code == 0
+    last = run / "teacher" / "last"
+    before = {p.name: p.read_bytes() for p in last.iterdir() if p.is_file()}
+    limit = len(before["model.safetensors"]) // 2
+    assert (run / "teacher" / "train.jsonl").stat().st_size < limit // 2
+
+    def small_files() -> None:  # Python ignores SIGXFSZ: a write past the limit gets EFBIG
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.RLIM_INFINITY))
+
+    p = _cli(*common, "--max-steps", "8", "--resume", stdout=subprocess.PIPE,
+             stderr=subprocess.PIPE, preexec_fn=small_files)  # fmt: skip
+    _, err = p.communicate(timeout=300)
+    assert p.returncode == 1
+    assert err.decode().endswith(f"error: cannot write {last.resolve()}: file too large\n")
+    assert b"Traceback" not in err
+    assert {p.name: p.read_bytes() for p in last.iterdir() if p.is_file()} == before
+    assert read_position(last).step == 4
+    assert not list((run / "teacher").glob(".*"))  # no .last.tmp-* folder
+
+
+# --- Ctrl-C on Ray workers ----------------------------------------------------------------
+
+
+@POSIX
+@pytest.mark.ray
+@pytest.mark.slow
+def test_ctrl_c_during_ray_workers_says_interrupted_and_exits_130(data_dir, tmp_path):
+    """As in-process training does; and no warning about Ray's token authentication."""
+    run = tmp_path / "run"
+    env = {k: v for k, v in os.environ.items() if k != "RAY_AUTH_MODE"}
+    p = _cli("train", "--stage", "teacher", "--data", data_dir, "--out", run, *TINY,
+             "--workers", "2", "--max-steps", "100000", "--valid-every", "100000",
+             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)  # fmt: skip
+    try:
+        wait_for(lambda: log_events(run / "teacher", "train"), 300, "training on 2 Ray workers")
+        p.send_signal(signal.SIGINT)
+        _, err = p.communicate(timeout=120)
+    finally:
+        p.kill()
+        p.wait()
+    text = err.decode()
+    assert p.returncode == 130, text
+    assert text.endswith("interrupted\n") and "Traceback" not in text
+    assert "Token authentication" not in text and "RAY_AUTH_MODE" not in text
+    assert not (run / ".teacher.lock").exists()
