@@ -117,8 +117,9 @@ def tokenizer_files(path: str | Path, meta: dict) -> dict[str, Path]:
         root = path if file.is_relative_to(path) else _outer_lanmt(path)
         if PurePosixPath(name).is_absolute() or "\\" in name or root is None:
             raise LanmtError(
-                f"{path}: tokenizer file {name!r} lies outside the bundle (only a teacher inside "
-                "a LaNMT bundle may share the outer bundle's file, as '../NAME')"
+                f"{path / CONFIG_FILE}: field tokenizer.{side} must name a file inside the bundle "
+                f"folder: {name!r} lies outside the bundle (only a teacher inside a LaNMT bundle "
+                "may share the outer bundle's file, as '../NAME')"
             )
         if not file.is_relative_to(root) or not file.resolve().is_relative_to(root):
             raise LanmtError(f"{path}: tokenizer file {name!r} lies outside the LaNMT bundle")

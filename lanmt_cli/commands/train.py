@@ -112,7 +112,9 @@ def train(
     valid_beam: int = typer.Option(None, help="Teacher validation beam, 1 = greedy [1]."),
     patience: int = typer.Option(None, help="Stop after N validations without gain."),
     select: str = typer.Option(
-        None, help="LaNMT: the decoder whose validation BLEU picks best/ [refine1]."
+        None,
+        metavar="DECODER",
+        help="LaNMT: the decoder whose validation BLEU picks best/ [refine1].",
     ),
     log_every: int = typer.Option(None, help="Updates between log records [50]."),
     # distillation
