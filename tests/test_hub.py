@@ -21,13 +21,10 @@ from lanmt_cli.errors import LanmtError
 
 
 @pytest.fixture(autouse=True)
-def home(tmp_path, monkeypatch) -> Path:
-    """A private lanmt data folder; no index or mirror from the environment."""
-    monkeypatch.setenv("LANMT_HOME", str(tmp_path / "home"))
-    monkeypatch.delenv("LANMT_INDEX", raising=False)
-    monkeypatch.delenv("LANMT_MIRROR", raising=False)
+def home(home, tmp_path, monkeypatch) -> Path:
+    """conftest's private data folder, for every test here; and no embedded default model."""
     monkeypatch.setattr(hub, "DEFAULT_MODEL_DIR", tmp_path / "no-default-model")
-    return tmp_path / "home"
+    return home
 
 
 @pytest.fixture
