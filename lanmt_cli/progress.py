@@ -5,7 +5,8 @@ and the training display drive themselves; `counter()` wraps one bar over `total
 yields `advance(n)` (translate, download, distillation). Without a terminal (stderr piped or
 redirected) a display stays quiet, unless its command asked otherwise: `tty_only=False`
 prints the final state once (download), `plain_every` prints a plain line every so many
-seconds (distillation, whose runs go in the background). stdout is never touched.
+seconds (distillation, whose runs go in the background). Where stdout carries data
+(translate), the bar leaves it alone.
 """
 
 from __future__ import annotations
@@ -35,12 +36,14 @@ def bar(
     time_left: bool = True,
     transient: bool = False,
     tty_only: bool = True,
+    redirect_stdout: bool = True,
 ) -> Progress:
     """A rich progress display: description, bar, done/total (or bytes and speed), time left.
 
     `info` adds the text field `info` (`add_task(..., info="")`); `time_left=False` leaves
     out rich's estimate (the caller says it in `info`); `tty_only` disables the display
-    where `console` is not a terminal.
+    where `console` is not a terminal. While it is shown, prints to stdout appear above it
+    (on stderr) unless `redirect_stdout=False` (where stdout carries data: translate).
     """
     from rich.progress import (
         BarColumn,
@@ -68,6 +71,7 @@ def bar(
         console=console,
         transient=transient,
         disable=tty_only and not console.is_terminal,
+        redirect_stdout=redirect_stdout,
     )
 
 
@@ -89,6 +93,7 @@ def counter(
     nbytes: bool = False,
     tty_only: bool = True,
     plain_every: float | None = None,
+    redirect_stdout: bool = True,
     console: Console | None = None,
 ) -> Iterator[Callable[[int], None]]:
     """Progress over `total` items (None: unknown), `done` of them already; yields `advance(n)`.
@@ -101,7 +106,8 @@ def counter(
         return
     console = console or stderr_console()
     if console.is_terminal or plain_every is None:
-        with bar(console=console, nbytes=nbytes, tty_only=tty_only) as progress:
+        kind = {"nbytes": nbytes, "tty_only": tty_only, "redirect_stdout": redirect_stdout}
+        with bar(console=console, **kind) as progress:
             task = progress.add_task(description, total=total, completed=done)
             yield lambda n: progress.advance(task, n)
         return

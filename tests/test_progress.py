@@ -1,6 +1,7 @@
 """The one progress helper: a rich bar on a terminal, quiet (or plain lines) when piped."""
 
 import io
+import sys
 
 from rich.console import Console
 
@@ -27,6 +28,16 @@ def test_a_bar_on_a_terminal():
         advance(6)
     assert "translating" in out.getvalue() and "10/10" in out.getvalue()
     assert not bar(console=console).disable
+
+
+def test_stdout_left_alone_where_it_carries_data():
+    console, out = _console(terminal=True)
+    before = sys.stdout
+    with counter(1, "translating", redirect_stdout=False, console=console):
+        assert sys.stdout is before
+    with counter(1, "download", console=console):
+        assert sys.stdout is not before  # prints appear above the bar
+    assert sys.stdout is before
 
 
 def test_nothing_at_all_when_not_shown():

@@ -291,7 +291,7 @@ def translate(
     total = sum(count_lines(Path(name), check=False) for name in inputs) if show else 0
     limit = 1 if interactive else window
     with (
-        counter(total, "translating", show=show, console=console) as advance,
+        counter(total, "translating", show=show, redirect_stdout=False, console=console) as advance,
         _output(output) as out,
     ):
         pending: list[Line] = []
