@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from lanmt_cli.errors import LanmtError
+from lanmt_cli.textio import atomic_file
 
 CHUNK = 1000  # sentences per resumable piece of work
 PLAN_FILE = "plan.json"
@@ -33,7 +34,8 @@ def _check_plan(out: Path, plan: dict[str, Any]) -> None:
             )
     else:
         out.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(plan, indent=2) + "\n")
+        with atomic_file(path) as tmp:
+            tmp.write_text(json.dumps(plan, indent=2) + "\n")
 
 
 def distill(
@@ -68,7 +70,6 @@ def distill(
     from lanmt_cli.devices import pick_device
     from lanmt_cli.progress import counter
     from lanmt_cli.search import beam_search, max_lengths
-    from lanmt_cli.textio import atomic_file
     from lanmt_cli.trainers.validate import split_text
 
     if threads:
