@@ -26,7 +26,7 @@ from typing import BinaryIO
 
 from lanmt_cli.bundle import CONFIG_FILE, read_config, standalone_config
 from lanmt_cli.errors import LanmtError
-from lanmt_cli.textio import atomic_file, writing
+from lanmt_cli.textio import atomic_file, copy_stream, writing
 
 SUFFIXES = {"gz": ".tar.gz", "xz": ".tar.xz"}
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
@@ -50,17 +50,6 @@ def sha256_file(path: Path) -> str:
         while block := f.read(_BLOCK):
             digest.update(block)
     return digest.hexdigest()
-
-
-def copy_stream(src: BinaryIO, dst: BinaryIO, on_block=None) -> int:
-    """Copy `src` to `dst` in blocks, calling `on_block(n)` after each; return bytes copied."""
-    copied = 0
-    while block := src.read(_BLOCK):
-        dst.write(block)
-        copied += len(block)
-        if on_block is not None:
-            on_block(len(block))
-    return copied
 
 
 def check_bundle(path: Path) -> dict:

@@ -47,9 +47,10 @@ import torch
 from lanmt_cli import registry
 from lanmt_cli.bench_data import TestSet
 from lanmt_cli.errors import LanmtError
+from lanmt_cli.model import count_parameters
 from lanmt_cli.translator import Translator
 
-FORMAT_VERSION = 1  # of the JSON report
+REPORT_VERSION = 1  # of the JSON report
 BASELINE = "beam"  # the teacher's beam search, beam 3 (its default), on CTranslate2
 TEACHER_DECODERS = ("beam1",)  # greedy search on CTranslate2, measured beside the baseline
 DEFAULT_DECODERS = ("one-shot", "refine1", "latent-search", "teacher-rescore")
@@ -224,7 +225,7 @@ class Report:
 
     def as_dict(self) -> dict[str, Any]:
         return {
-            "format_version": FORMAT_VERSION,
+            "format_version": REPORT_VERSION,
             "date": self.date,
             "environment": self.environment,
             "model": self.model,
@@ -285,17 +286,13 @@ def environment(device: str) -> dict[str, Any]:
     }
 
 
-def _parameters(model) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
 def _model_info(bundle, translators: dict[str, Translator], teacher) -> dict[str, Any]:
     info: dict[str, Any] = {
         "path": str(bundle.path),
         "kind": bundle.kind,
         "languages": bundle.meta.get("languages") or {},
         "dtype": bundle.meta.get("dtype"),
-        "parameters": _parameters(bundle.model),
+        "parameters": count_parameters(bundle.model),
         "teacher": None,
         "teacher_parameters": None,
     }
@@ -304,7 +301,7 @@ def _model_info(bundle, translators: dict[str, Translator], teacher) -> dict[str
         if cls.needs_teacher or cls.model_kind == "transformer":
             model = tr.decoder.teacher if cls.needs_teacher else tr.decoder.model
             path = teacher.path if teacher is not None else bundle.teacher_path
-            info.update(teacher=str(path), teacher_parameters=_parameters(model))
+            info.update(teacher=str(path), teacher_parameters=count_parameters(model))
             break
     return info
 

@@ -33,11 +33,11 @@ class TestSet:
 
 
 def _read(path: Path) -> list[str]:
-    from lanmt_cli.textio import iter_lines
+    from lanmt_cli.textio import iter_lines, strip_bom
 
     lines = list(iter_lines(path))
     if lines:
-        lines[0] = lines[0].removeprefix("\ufeff")  # a byte-order mark is not text
+        lines[0] = strip_bom(lines[0])
     return lines
 
 

@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from lanmt_cli.teacher import Transformer
     from lanmt_cli.tokenizer import Tokenizer
 
-FORMAT_VERSION = 1
+BUNDLE_VERSION = 1
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 SIDES = ("src", "tgt")
@@ -65,9 +65,9 @@ def read_config(path: str | Path) -> dict:
     if not isinstance(meta, dict):
         raise LanmtError(f"{cfg_file}: must hold a JSON object, not {type(meta).__name__}")
     version = meta.get("format_version")
-    if version != FORMAT_VERSION:
+    if version != BUNDLE_VERSION:
         raise LanmtError(
-            f"{cfg_file}: unknown format version {version!r} (this lanmt reads {FORMAT_VERSION})"
+            f"{cfg_file}: unknown format version {version!r} (this lanmt reads {BUNDLE_VERSION})"
         )
     for key in ("model", "tokenizer"):
         if key not in meta:
@@ -223,7 +223,7 @@ def save_bundle(
         tokenizer.save(tmp)
         tok_files = tokenizer.files()
         meta = {
-            "format_version": FORMAT_VERSION,
+            "format_version": BUNDLE_VERSION,
             "model": config_to_dict(model.config),
             "tokenizer": {"src": tok_files[0], "tgt": tok_files[-1]},
             "languages": languages or {},

@@ -19,7 +19,6 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -152,28 +151,22 @@ def convert(model, dest: str | Path, key: str | None = None) -> Path:
     Weights are stored in float16 when that loses nothing, else float32. A folder that
     appears at `dest` meanwhile (another process converting the same weights) is kept.
     """
+    from lanmt_cli.textio import atomic_dir
+
     dest = Path(dest)
     key = key or weights_key(model)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
     try:
-        spec = build_spec(model)
-        spec.validate()
-        spec.optimize(quantization="float16" if _half_is_exact(model) else None)
-        spec.save(str(tmp))
-        (tmp / KEY_FILE).write_text(
-            json.dumps({"key": key, "converter": CONVERTER_VERSION}, indent=2) + "\n"
-        )
-        tmp.chmod(0o755)
-        try:
-            os.rename(tmp, dest)
-        except OSError:
-            if not _matches(dest, key):
-                raise
-    except OSError as err:
-        raise LanmtError(f"cannot write the CTranslate2 model to {dest}: {err}") from None
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        with atomic_dir(dest, replace=False) as tmp:
+            spec = build_spec(model)
+            spec.validate()
+            spec.optimize(quantization="float16" if _half_is_exact(model) else None)
+            spec.save(str(tmp))
+            (tmp / KEY_FILE).write_text(
+                json.dumps({"key": key, "converter": CONVERTER_VERSION}, indent=2) + "\n"
+            )
+    except LanmtError:
+        if not _matches(dest, key):  # not another process' conversion of the same weights
+            raise
     return dest
 
 

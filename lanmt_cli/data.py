@@ -33,6 +33,7 @@ import numpy as np
 
 from lanmt_cli.errors import LanmtError
 from lanmt_cli.locks import beside, hold
+from lanmt_cli.padding import pad_rows
 from lanmt_cli.textio import (
     atomic_dir,
     atomic_file,
@@ -57,7 +58,7 @@ from lanmt_cli.tokenizer import (
 if TYPE_CHECKING:
     import torch
 
-FORMAT_VERSION = 1
+DATA_VERSION = 1
 META_FILE = "meta.json"
 CHUNK_LINES = 100_000
 _NOT_LANGS = {"txt", "tok", "raw", "src", "tgt", "ref", "hyp", "out", "bpe", "spm", "tsv", "sgm"}
@@ -412,7 +413,7 @@ def prepare_corpus(
                 tokenizer.threads = threads
             train_src, train_tgt = splits["train"]
             meta: dict[str, Any] = {
-                "format": FORMAT_VERSION,
+                "format": DATA_VERSION,
                 "src_lang": src_lang or guess_lang(train_src),
                 "tgt_lang": tgt_lang or guess_lang(train_tgt),
                 "src_vocab_size": tokenizer.src_vocab_size,
@@ -460,7 +461,7 @@ class Corpus:
         """Memory-map split `split` of the prepared directory `data_dir`."""
         data_dir = Path(data_dir)
         meta = read_meta(data_dir)
-        if meta.get("format") != FORMAT_VERSION:
+        if meta.get("format") != DATA_VERSION:
             raise LanmtError(f"{data_dir}: data format {meta.get('format')} is not supported")
         if split not in meta["splits"]:
             have = ", ".join(meta["splits"]) or "none"
@@ -501,21 +502,9 @@ class Corpus:
         """Pairs `indices` as right-padded LongTensors: src (B, Lx), tgt (B, Ly); PAD = 0."""
         idx = np.asarray(indices, dtype=np.int64)  # (B,)
         return (
-            _padded(self.src_ids, self.src_offsets, idx),
-            _padded(self.tgt_ids, self.tgt_offsets, idx),
+            pad_rows(self.src_ids, self.src_offsets, idx),
+            pad_rows(self.tgt_ids, self.tgt_offsets, idx),
         )
-
-
-def _padded(ids: np.ndarray, offsets: np.ndarray, idx: np.ndarray) -> torch.Tensor:
-    import torch
-
-    starts = offsets[idx]  # (B,)
-    lengths = offsets[idx + 1] - starts  # (B,)
-    cols = np.arange(int(lengths.max(initial=0)))  # (L,)
-    mask = cols[None, :] < lengths[:, None]  # (B, L)
-    out = np.full(mask.shape, PAD, dtype=np.int64)  # (B, L)
-    out[mask] = ids[(starts[:, None] + cols[None, :])[mask]]
-    return torch.from_numpy(out)
 
 
 def token_batches(

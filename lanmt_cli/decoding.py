@@ -27,6 +27,7 @@ from torch import Tensor
 
 from lanmt_cli.config import PAD
 from lanmt_cli.errors import LanmtError
+from lanmt_cli.padding import pad_tokens
 
 if TYPE_CHECKING:
     from lanmt_cli.model import LaNMT, Source
@@ -181,15 +182,6 @@ def content_seed(seed: int, tokens: list[int]) -> int:
     h.update(int(seed).to_bytes(8, "little", signed=True))
     h.update(b"".join(int(t).to_bytes(4, "little") for t in tokens))
     return int.from_bytes(h.digest(), "little") >> 1  # 63 bits: fits torch's manual_seed
-
-
-def pad_tokens(seqs: list[list[int]], device) -> Tensor:
-    """Token lists -> (B, L) LongTensor padded with PAD (L >= 1)."""
-    width = max(1, max(len(s) for s in seqs))
-    out = torch.full((len(seqs), width), PAD, dtype=torch.long)
-    for i, s in enumerate(seqs):
-        out[i, : len(s)] = torch.tensor(s, dtype=torch.long)
-    return out.to(device)
 
 
 # --- LaNMT: from latents to tokens -------------------------------------------------------

@@ -6,7 +6,6 @@ interrupted transfer goes on where it stopped. The progress bar goes to stderr.
 
 from __future__ import annotations
 
-import errno
 import http.client
 import os
 import urllib.error
@@ -17,11 +16,12 @@ from typing import BinaryIO
 
 from lanmt_cli import __version__
 from lanmt_cli.errors import LanmtError
+from lanmt_cli.progress import counter
+from lanmt_cli.textio import copy_stream, is_disk_full
 
 URL_SCHEMES = ("http", "https", "file")
 TIMEOUT_S = 30.0  # per socket operation, not for the whole transfer
 _HEADERS = {"User-Agent": f"lanmt/{__version__}"}
-DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
 def is_remote(location: str) -> bool:
@@ -113,27 +113,6 @@ def _open(location: str, offset: int) -> tuple[BinaryIO, int, int | None]:
     return f, offset, total
 
 
-def _progress_bar():
-    from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        DownloadColumn,
-        Progress,
-        TextColumn,
-        TimeRemainingColumn,
-        TransferSpeedColumn,
-    )
-
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        DownloadColumn(),
-        TransferSpeedColumn(),
-        TimeRemainingColumn(),
-        console=Console(stderr=True),
-    )
-
-
 def fetch(
     location: str,
     part: Path,
@@ -156,20 +135,23 @@ def fetch(
     stream, start, total = _open(location, have)
     total = total if total is not None else size
     done = start
-    bar = _progress_bar() if progress else None
+
+    def copied(n: int) -> None:
+        nonlocal done
+        done += n
+        advance(n)
+
     try:
-        with stream, open(part, "r+b" if part.exists() else "wb") as out:
+        with (
+            stream,
+            open(part, "r+b" if part.exists() else "wb") as out,
+            counter(total, label, start, show=progress, nbytes=True, tty_only=False) as advance,
+        ):
             out.truncate(start)
             out.seek(start)
-            if bar is not None:
-                bar.start()
-                task = bar.add_task(label, total=total, completed=start)
-            while n := copy_block(stream, out):
-                done += n
-                if bar is not None:
-                    bar.advance(task, n)
+            copy_stream(stream, out, copied, size=1 << 16)
     except OSError as err:
-        if err.errno in DISK_FULL:
+        if is_disk_full(err):
             part.unlink(missing_ok=True)
             raise LanmtError(
                 f"disk full while downloading {location} into {part.parent}; "
@@ -178,19 +160,9 @@ def fetch(
         raise _broken(location, part, done, total, err) from None
     except http.client.HTTPException as err:
         raise _broken(location, part, done, total, err) from None
-    finally:
-        if bar is not None:
-            bar.stop()
     if total is not None and done < total:
         raise _broken(location, part, done, total, "the connection closed early")
     return part
-
-
-def copy_block(src: BinaryIO, dst: BinaryIO, size: int = 1 << 16) -> int:
-    """Copy one block of at most `size` bytes; 0 at the end of `src`."""
-    block = src.read(size)
-    dst.write(block)
-    return len(block)
 
 
 def _broken(location: str, part: Path, done: int, total: int | None, why) -> LanmtError:

@@ -20,7 +20,6 @@ or concurrent download never leaves half a model.
 from __future__ import annotations
 
 import contextlib
-import errno
 import json
 import os
 import re
@@ -35,7 +34,7 @@ from pathlib import Path
 from lanmt_cli import fetch
 from lanmt_cli.archive import NAME_RE, check_bundle, check_name, sha256_file, unpack
 from lanmt_cli.errors import LanmtError
-from lanmt_cli.textio import os_error_cause, replace_dir
+from lanmt_cli.textio import atomic_file, is_disk_full, os_error_cause, replace_dir
 
 SHIPPED_INDEX = Path(__file__).parent / "index.json"
 DEFAULT_MODEL_DIR = Path(__file__).parent / "models" / "default"
@@ -79,7 +78,7 @@ PLANNED = {
 
 
 @dataclass(frozen=True)
-class Entry:
+class ModelEntry:
     """One model of an index: what `lanmt download` needs to find and check its archive."""
 
     name: str
@@ -91,7 +90,7 @@ class Entry:
     licence: str = ""
 
     @classmethod
-    def from_dict(cls, data: dict, where: str) -> Entry:
+    def from_dict(cls, data: dict, where: str) -> ModelEntry:
         try:
             entry = cls(**{k: data[k] for k in data if k in cls.__dataclass_fields__})
         except TypeError as err:
@@ -118,7 +117,7 @@ class Index:
     """The models of one index file, and the mirror its archives are fetched from."""
 
     source: str
-    entries: dict[str, Entry]
+    entries: dict[str, ModelEntry]
     mirror: str | None  # base location of the archives, when the index says or implies it
 
 
@@ -142,7 +141,7 @@ def read_index(location: str, *, required: bool = True) -> Index:
     for i, item in enumerate(models):
         if not isinstance(item, dict):
             raise LanmtError(f"{location}: models[{i}] is not an object")
-        entry = Entry.from_dict(item, f"{location}: models[{i}]")
+        entry = ModelEntry.from_dict(item, f"{location}: models[{i}]")
         entries[entry.name] = entry
     shipped = Path(location) == SHIPPED_INDEX
     mirror = data.get("mirror") if isinstance(data.get("mirror"), str) else None
@@ -181,9 +180,9 @@ def _indexes(index: str | None, mirror: str | None, *, remote: bool) -> Iterator
         yield extra
 
 
-def find(
+def find_model(
     name: str, *, index: str | None = None, mirror: str | None = None, remote: bool = True
-) -> tuple[Entry, str | None] | None:
+) -> tuple[ModelEntry, str | None] | None:
     """The index entry of `name` and the mirror to fetch it from; None if no index has it."""
     for idx in _indexes(index, mirror, remote=remote):
         if name in idx.entries:
@@ -193,9 +192,9 @@ def find(
 
 def available(
     *, index: str | None = None, mirror: str | None = None, remote: bool = True
-) -> dict[str, Entry]:
+) -> dict[str, ModelEntry]:
     """Every model the indexes list, by name (the more trusted index wins)."""
-    found: dict[str, Entry] = {}
+    found: dict[str, ModelEntry] = {}
     for idx in _indexes(index, mirror, remote=remote):
         for name, entry in idx.entries.items():
             found.setdefault(name, entry)
@@ -240,7 +239,7 @@ def _installed_names() -> str:
     return _names(n for n in installed() if n != DEFAULT_NAME)
 
 
-def _unknown(name: str, known: dict[str, Entry], note: str = "") -> LanmtError:
+def _unknown(name: str, known: dict[str, ModelEntry], note: str = "") -> LanmtError:
     embedded = f"embedded: {DEFAULT_NAME}; " if DEFAULT_NAME in installed() else ""
     return LanmtError(
         f"unknown model {name!r}; {embedded}installed: {_installed_names()}; "
@@ -249,7 +248,7 @@ def _unknown(name: str, known: dict[str, Entry], note: str = "") -> LanmtError:
     )
 
 
-def _not_listed(name: str, mirror: str | None, known: dict[str, Entry]) -> LanmtError:
+def _not_listed(name: str, mirror: str | None, known: dict[str, ModelEntry]) -> LanmtError:
     """`lanmt download NAME` for a name no index lists, saying what was looked at."""
     mirror = mirror or os.environ.get("LANMT_MIRROR")
     where = ""
@@ -337,10 +336,6 @@ def _folder(path: Path) -> Path:
     return path
 
 
-def _disk_full(err: OSError) -> bool:
-    return err.errno in (errno.ENOSPC, errno.EDQUOT)
-
-
 def _record_file(name: str) -> Path:
     """Where the index entry an installed model came from is kept (for `lanmt models`)."""
     return home() / "records" / f"{name}.json"
@@ -362,12 +357,11 @@ def _install_locked(archive: Path, name: str, record: dict) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=root))
     try:
         bundle = unpack(archive, tmp)
-        record_tmp = records / f".{name}.json.tmp"
-        record_tmp.write_text(json.dumps({**record, "name": name}, indent=2) + "\n")
-        replace_dir(bundle, dest)
-        os.replace(record_tmp, records / f"{name}.json")
+        with atomic_file(records / f"{name}.json") as record_tmp:  # in place after the model
+            record_tmp.write_text(json.dumps({**record, "name": name}, indent=2) + "\n")
+            replace_dir(bundle, dest)
     except OSError as err:
-        if _disk_full(err):
+        if is_disk_full(err):
             raise LanmtError(
                 f"disk full while installing {name} into {root}; nothing was installed"
             ) from None
@@ -401,7 +395,7 @@ def install_archive(
     check_name(name)
     if name == DEFAULT_NAME:
         raise LanmtError(f"{DEFAULT_NAME!r} is the model shipped with lanmt; pick another name")
-    listed = find(name, remote=False)
+    listed = find_model(name, remote=False)
     record = asdict(listed[0]) if listed else {"name": name}
     got = sha256_file(archive)
     hint = ""
@@ -453,7 +447,7 @@ def download(
     if dest.is_dir() and not force:  # no network call for what is already here
         say(f"{name} is already installed at {dest} (--force reinstalls it)")
         return dest
-    found = find(name, index=index, mirror=mirror)
+    found = find_model(name, index=index, mirror=mirror)
     if found is None:
         if name in PLANNED:
             raise LanmtError(PLANNED[name].message())

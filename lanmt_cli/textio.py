@@ -80,8 +80,8 @@ def _not_utf8(path: Path) -> LanmtError:
     return LanmtError(f"{path} {where}: not valid UTF-8")
 
 
-def count_lines(path: Path) -> int:
-    """Number of lines in `path`, checking that it is non-empty UTF-8 text.
+def count_lines(path: Path, *, check: bool = True) -> int:
+    """Number of lines in `path`; with `check`, checking that it is non-empty UTF-8 text.
 
     Reads 1 MiB blocks, so memory stays flat for files of any size. A last line
     without a final newline counts as a line.
@@ -93,7 +93,8 @@ def count_lines(path: Path) -> int:
     with open_binary(path) as f, _gzip_errors(path):
         while block := f.read(_BLOCK):
             try:
-                decoder.decode(block)
+                if check:
+                    decoder.decode(block)
             except UnicodeDecodeError:
                 raise _not_utf8(path) from None
             lines += block.count(b"\n")
@@ -102,9 +103,9 @@ def count_lines(path: Path) -> int:
             decoder.decode(b"", final=True)
         except UnicodeDecodeError:
             raise _not_utf8(path) from None
-    if not last:
+    if not last and check:
         raise LanmtError(f"{path} is empty")
-    return lines + (last != b"\n")
+    return lines + (last not in (b"", b"\n"))
 
 
 def check_parallel(src: Path, tgt: Path) -> int:
@@ -114,6 +115,23 @@ def check_parallel(src: Path, tgt: Path) -> int:
     if n_src != n_tgt:
         raise LanmtError(f"{src} has {n_src} lines but {tgt} has {n_tgt}")
     return n_src
+
+
+def copy_stream(src: BinaryIO, dst: BinaryIO, on_block=None, size: int = _BLOCK) -> int:
+    """Copy `src` to `dst` in blocks of at most `size` bytes, calling `on_block(n)` after
+    each; return the bytes copied."""
+    copied = 0
+    while block := src.read(size):
+        dst.write(block)
+        copied += len(block)
+        if on_block is not None:
+            on_block(len(block))
+    return copied
+
+
+def strip_bom(text: str) -> str:
+    """The first line of a file without its byte-order mark (it is not text)."""
+    return text.removeprefix("\ufeff")
 
 
 def read_lines(path: Path, chunk_lines: int = 100_000) -> Iterator[list[str]]:
@@ -176,7 +194,7 @@ def read_once(paths: list[Path], folder: Path) -> Iterator[list[Path]]:
             spool.mkdir(exist_ok=True)
             copies[path] = spool / f"input-{i}"
             with open(path, "rb") as src, open(copies[path], "wb") as dst:
-                shutil.copyfileobj(src, dst, _BLOCK)
+                copy_stream(src, dst)
         yield [copies.get(p, p) for p in paths]
     except LanmtError as err:
         text = str(err)
@@ -209,6 +227,14 @@ _CAUSES = {
     errno.EFBIG: "file too large",
     errno.EIO: "input/output error",
 }
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def is_disk_full(err: BaseException) -> bool:
+    """Whether `err` says the disk (or the user's quota) is full."""
+    return getattr(err, "errno", None) in DISK_FULL
+
+
 _OS_ERROR = re.compile(r"\(os error (\d+)\)")
 
 

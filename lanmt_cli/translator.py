@@ -23,10 +23,10 @@ import torch
 
 from lanmt_cli import registry
 from lanmt_cli.bundle import Bundle, load_bundle
-from lanmt_cli.config import PAD
 from lanmt_cli.decoding import Decoder, Output, content_seed
 from lanmt_cli.devices import pick_device
 from lanmt_cli.errors import LanmtError
+from lanmt_cli.padding import pad_tokens
 from lanmt_cli.postprocess import detokenize
 
 
@@ -186,13 +186,10 @@ class Translator:
 
     def decode_batch(self, sentences: list[list[int]]) -> list[Output]:
         """Decode one batch of source id lists (not empty); what the bench times."""
-        width = max(len(s) for s in sentences)
-        src = torch.full((len(sentences), width), PAD, dtype=torch.long)
-        for row, ids in enumerate(sentences):
-            src[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+        src = pad_tokens(sentences, self.device)  # (B, L)
         seeds = [content_seed(self.seed, ids) for ids in sentences]
         with torch.no_grad():
-            return self.decoder.decode(src.to(self.device), seeds)
+            return self.decoder.decode(src, seeds)
 
     def detokenize(self, seqs: list[list[int]]) -> list[str]:
         """Target text of id sequences, post-processed as the decoder asks."""

@@ -79,6 +79,15 @@ def tiny_bundle_copy(tiny_bundle, tmp_path) -> Path:
     return dest
 
 
+@pytest.fixture
+def home(tmp_path, monkeypatch) -> Path:
+    """A private lanmt data folder; no index or mirror from the environment."""
+    monkeypatch.setenv("LANMT_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("LANMT_INDEX", raising=False)
+    monkeypatch.delenv("LANMT_MIRROR", raising=False)
+    return tmp_path / "home"
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _private_cache(tmp_path_factory):
     """Converted teachers (lanmt_cli.ct2) go to a session folder, not the user's cache."""

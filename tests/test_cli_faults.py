@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import re
-from pathlib import Path
 
 import pytest
 import torch
@@ -143,14 +142,6 @@ def test_jsonl_is_strict_json_even_for_scores_that_are_not_finite(tiny_bundle):
 
 
 # --- models, mirrors and the embedded default ---------------------------------------------
-
-
-@pytest.fixture
-def home(tmp_path, monkeypatch) -> Path:
-    monkeypatch.setenv("LANMT_HOME", str(tmp_path / "home"))
-    monkeypatch.delenv("LANMT_INDEX", raising=False)
-    monkeypatch.delenv("LANMT_MIRROR", raising=False)
-    return tmp_path / "home"
 
 
 @pytest.fixture

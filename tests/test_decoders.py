@@ -56,12 +56,18 @@ def test_refinement_is_at_least_as_accurate_as_one_shot(bundle, tiny_task):
     assert refined >= 0.6
 
 
+def first_pass(m, src):
+    """(source, tokens, scores): the encoded source and the one-shot decode of the prior mean."""
+    with torch.no_grad():
+        source = m.encode_source(src)
+        return (source, *decode_latent(m, source, m.prior(source).mean))
+
+
 def test_refine_stops_once_the_output_is_stable(bundle, sources):
     m = bundle.model
     src, _ = encode(bundle, sources[:16])
+    source, first, scores = first_pass(m, src)
     with torch.no_grad():
-        source = m.encode_source(src)
-        first, scores = decode_latent(m, source, m.prior(source).mean)
         fixed, _, passes = refine(m, source, first, scores, steps=50)
         again, _, more = refine(m, source, fixed, scores, steps=50)
     assert passes < 50  # stopped early: every sentence reached a fixed point
@@ -320,9 +326,8 @@ def test_refinement_computes_duplicate_candidates_once(bundle, sources, monkeypa
     """Latent-search candidates that coincide are refined once, with the same result."""
     m = bundle.model
     src, _ = encode(bundle, sources[:4])
+    source, first, scores = first_pass(m, src)
     with torch.no_grad():
-        source = m.encode_source(src)
-        first, scores = decode_latent(m, source, m.prior(source).mean)
         expected, expected_scores, _ = refine(m, source, first, scores, steps=1)
         rows = torch.arange(4).repeat_interleave(3)  # every sentence three times
         sizes = []
@@ -403,9 +408,8 @@ def test_refinement_stops_on_a_cycle_of_the_shipped_model():
     cycling = [i for i, o in enumerate(orbits) if o[-1] != o[-2] and o[-1] in o[:-1]]
     assert cycling, "the shipped model has sentences whose refinement cycles"
     src = pad([ids[i] for i in cycling])
+    source, first, scores = first_pass(m, src)
     with torch.no_grad():
-        source = m.encode_source(src)
-        first, scores = decode_latent(m, source, m.prior(source).mean)
         _, _, passes = refine(m, source, first, scores, steps=100)
     assert passes <= 8
     even = Refine(m, steps=40).decode(src)

@@ -120,14 +120,6 @@ def mirror(mirror_dir):
     server.close()
 
 
-@pytest.fixture
-def home(tmp_path, monkeypatch) -> Path:
-    monkeypatch.setenv("LANMT_HOME", str(tmp_path / "home"))
-    monkeypatch.delenv("LANMT_INDEX", raising=False)
-    monkeypatch.delenv("LANMT_MIRROR", raising=False)
-    return tmp_path / "home"
-
-
 def lanmt(*args: str):
     return runner.invoke(app, list(args))
 

@@ -21,13 +21,10 @@ from lanmt_cli.errors import LanmtError
 
 
 @pytest.fixture(autouse=True)
-def home(tmp_path, monkeypatch) -> Path:
-    """A private lanmt data folder; no index or mirror from the environment."""
-    monkeypatch.setenv("LANMT_HOME", str(tmp_path / "home"))
-    monkeypatch.delenv("LANMT_INDEX", raising=False)
-    monkeypatch.delenv("LANMT_MIRROR", raising=False)
+def home(home, tmp_path, monkeypatch) -> Path:
+    """conftest's private data folder, for every test here; and no embedded default model."""
     monkeypatch.setattr(hub, "DEFAULT_MODEL_DIR", tmp_path / "no-default-model")
-    return tmp_path / "home"
+    return home
 
 
 @pytest.fixture
@@ -221,11 +218,11 @@ def test_a_full_disk_during_install_leaves_nothing(packed, home, monkeypatch):
 
 
 def test_a_full_disk_during_download_deletes_the_partial_file(packed, tmp_path, monkeypatch):
-    def full(src, dst, size=1 << 16):
+    def full(src, dst, on_block=None, size=1 << 16):
         dst.write(src.read(10))
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(fetch, "copy_block", full)
+    monkeypatch.setattr(fetch, "copy_stream", full)
     part = tmp_path / "dl" / "tiny.part"
     with pytest.raises(LanmtError, match="disk full.*deleted"):
         fetch.fetch(str(packed[0]), part, size=packed[1]["size"], progress=False)

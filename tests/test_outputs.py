@@ -17,7 +17,6 @@ import stat
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -26,6 +25,7 @@ from typer.testing import CliRunner
 from lanmt_cli.app import app
 from lanmt_cli.errors import LanmtError
 from lanmt_cli.textio import atomic_dir, atomic_file, check_writable, os_error_cause
+from tests.processes import cli, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 LINUX = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc, /sys, /dev/full")
@@ -202,23 +202,10 @@ def test_atomic_file_and_check_writable_name_the_path_and_cause(tmp_path):
 # --- signals ------------------------------------------------------------------------------
 
 
-def _cli(*args, **kw) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    cmd = [sys.executable, "-m", "lanmt_cli.app", *map(str, args)]
-    return subprocess.Popen(cmd, env=env, **kw)
-
-
-def wait_for(condition, timeout: float = 120.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)
-
-
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
 def test_sigterm_removes_the_temporary_output_and_exits_143(tiny_bundle, tmp_path):
     out = tmp_path / "out.txt"
-    p = _cli("translate", "-m", tiny_bundle, "-d", "one-shot", "-o", out,
+    p = cli("translate", "-m", tiny_bundle, "-d", "one-shot", "-o", out,
              stdin=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
     try:
         p.stdin.write(b"red dog\n")

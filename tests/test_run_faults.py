@@ -14,7 +14,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -24,6 +23,7 @@ from typer.testing import CliRunner
 from lanmt_cli.app import app
 from lanmt_cli.data import read_meta
 from lanmt_cli.trainers.checkpoint import read_position
+from tests.processes import cli, wait_for
 from tests.test_train_loop import prepare_tiny_data
 from tests.tiny import make_task
 
@@ -38,19 +38,6 @@ def lanmt(*args):
     if result.exception and not isinstance(result.exception, SystemExit):
         raise result.exception
     return result
-
-
-def _cli(*args, env: dict | None = None, **kw) -> subprocess.Popen:
-    env = {**(os.environ if env is None else env), "PYTHONPATH": str(ROOT)}
-    cmd = [sys.executable, "-m", "lanmt_cli.app", *map(str, args)]
-    return subprocess.Popen(cmd, env=env, **kw)
-
-
-def wait_for(condition, timeout: float = 180.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)
 
 
 def log_events(stage_dir: Path, event: str) -> list[dict]:
@@ -138,7 +125,7 @@ def test_a_second_run_of_a_stage_is_refused_naming_the_first(data_dir, tmp_path)
     """Two `lanmt train` into one --out: the second says who holds the stage; SIGTERM then
     ends the first with 143, its lock released."""
     run = tmp_path / "run"
-    first = _cli("train", "--stage", "teacher", "--data", data_dir, "--out", run, *TINY,
+    first = cli("train", "--stage", "teacher", "--data", data_dir, "--out", run, *TINY,
                  "--max-steps", "100000", "--valid-every", "100000",
                  stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
     try:
@@ -172,7 +159,7 @@ def test_prepare_reads_pipes_once_and_locks_its_output(tmp_path):
     os.mkfifo(tgt_fifo)
     out = tmp_path / "data"
     args = ["--out", out, "--vocab-size", "55"]
-    first = _cli("prepare", "--train-src", src_fifo, "--train-tgt", tgt_fifo, *args,
+    first = cli("prepare", "--train-src", src_fifo, "--train-tgt", tgt_fifo, *args,
                  stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
     lock = tmp_path / ".data.lock"
     try:
@@ -254,7 +241,7 @@ def test_prepare_that_runs_out_of_room_leaves_nothing(tmp_path):
         resource.setrlimit(resource.RLIMIT_FSIZE, (2000, resource.RLIM_INFINITY))
 
     args = ["prepare", "--train-src", src, "--train-tgt", tgt, "--out", out, "--vocab-size", "55"]
-    p = _cli(*args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=small_files)
+    p = cli(*args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=small_files)
     _, err = p.communicate(timeout=300)
     assert p.returncode == 1
     assert err.decode() == f"error: cannot write {out}: file too large\n"
@@ -282,7 +269,7 @@ def test_a_checkpoint_that_cannot_be_written_leaves_the_last_one_intact(data_dir
     def small_files() -> None:  # Python ignores SIGXFSZ: a write past the limit gets EFBIG
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.RLIM_INFINITY))
 
-    p = _cli(*common, "--max-steps", "8", "--resume", stdout=subprocess.PIPE,
+    p = cli(*common, "--max-steps", "8", "--resume", stdout=subprocess.PIPE,
              stderr=subprocess.PIPE, preexec_fn=small_files)  # fmt: skip
     _, err = p.communicate(timeout=300)
     assert p.returncode == 1
@@ -303,7 +290,7 @@ def test_ctrl_c_during_ray_workers_says_interrupted_and_exits_130(data_dir, tmp_
     """As in-process training does; and no warning about Ray's token authentication."""
     run = tmp_path / "run"
     env = {k: v for k, v in os.environ.items() if k != "RAY_AUTH_MODE"}
-    p = _cli("train", "--stage", "teacher", "--data", data_dir, "--out", run, *TINY,
+    p = cli("train", "--stage", "teacher", "--data", data_dir, "--out", run, *TINY,
              "--workers", "2", "--max-steps", "100000", "--valid-every", "100000",
              stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)  # fmt: skip
     try:

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import torch
 
-from lanmt_cli.config import PAD, LaNMTConfig, TransformerConfig
+from lanmt_cli.config import LaNMTConfig, TransformerConfig
+from lanmt_cli.padding import pad_tokens as pad  # noqa: F401 (the tests' short name)
 
 DICTIONARY = {
     "red": "rot", "blue": "blau", "green": "grün", "dog": "hund", "cat": "katze",
@@ -34,11 +35,6 @@ def make_task(n: int, seed: int, min_words: int = 2, max_words: int = 7) -> list
             src.append(rng.choice([w for w in words if not src or w != src[-1]]))
         pairs.append((" ".join(src), " ".join(DICTIONARY[w] for w in reversed(src))))
     return pairs
-
-
-def pad(seqs: list[list[int]]) -> torch.Tensor:
-    width = max(len(s) for s in seqs)
-    return torch.tensor([list(s) + [PAD] * (width - len(s)) for s in seqs])
 
 
 def make_variant_task(

@@ -11,13 +11,12 @@ from __future__ import annotations
 import contextlib
 import json
 import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from lanmt_cli import metrics as metric
-from lanmt_cli.trainers.schedule import format_duration
+from lanmt_cli.progress import bar, format_duration, stderr_console
 
 # The seed's validation metrics, in its order; then BLEU.
 VALID_KEYS = (
@@ -30,12 +29,6 @@ LATENT_KEYS = (
     metric.REPEAT_RATE, metric.BLEU_ONE_SHOT, metric.BLEU_REFINE1, metric.BLEU_ORACLE,
 )  # fmt: skip
 TRAIN_KEYS = (metric.LOSS, metric.NLL, metric.WORD_ACC, metric.KL_BUDGET, metric.TOK_KL)
-
-
-def _console():
-    from rich.console import Console
-
-    return Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 def _metrics(record: dict[str, Any], keys: tuple[str, ...]) -> str:
@@ -74,7 +67,7 @@ class TrainDisplay:
     """Draws training records: a live bar on a terminal, plain lines otherwise."""
 
     def __init__(self, console=None):
-        self.console = console or _console()
+        self.console = console or stderr_console()
         self.live = self.console.is_terminal
         self.progress = None
         self.task = None
@@ -111,16 +104,7 @@ class TrainDisplay:
             f"starting at update {r['step']:,} {where}"
         )
         if self.live and self.progress is None:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-
-            self.progress = Progress(
-                TextColumn("{task.description}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TextColumn("{task.fields[info]}"),
-                console=self.console,
-                transient=False,
-            )
+            self.progress = bar(console=self.console, info=True, time_left=False)
             self.progress.start()
             self.task = self.progress.add_task(
                 r["stage"], total=r["total_steps"], completed=r["step"], info=""
@@ -184,39 +168,3 @@ def follow(log_path: Path, show: bool = True) -> Iterator[None]:
         follower.done.set()
         follower.join(timeout=5)
         display.close()
-
-
-@contextlib.contextmanager
-def counter(total: int, description: str, done: int = 0) -> Iterator[Callable[[int], None]]:
-    """A progress bar over `total` items; yields `advance(n)`. Plain lines without a terminal."""
-    console = _console()
-    if console.is_terminal:
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TaskProgressColumn,
-            TimeRemainingColumn,
-        )
-
-        columns = (BarColumn(), MofNCompleteColumn(), TaskProgressColumn(), TimeRemainingColumn())
-        with Progress(f"{description}", *columns, console=console) as progress:
-            task = progress.add_task(description, total=total, completed=done)
-            yield lambda n: progress.advance(task, n)
-        return
-    state = {"done": done, "shown": time.monotonic(), "start": time.monotonic(), "first": done}
-
-    def advance(n: int) -> None:
-        state["done"] += n
-        now = time.monotonic()
-        if now - state["shown"] >= 30 or state["done"] >= total:
-            rate = (state["done"] - state["first"]) / max(now - state["start"], 1e-9)
-            left = (total - state["done"]) / rate if rate > 0 else 0
-            console.print(
-                f"{description}: {state['done']:,}/{total:,} ({rate:,.1f}/s, "
-                f"{format_duration(left)} left)",
-                markup=False,
-            )
-            state["shown"] = now
-
-    yield advance

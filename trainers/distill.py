@@ -10,11 +10,11 @@ default), tokenized and filtered like the training data.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from lanmt_cli.errors import LanmtError
+from lanmt_cli.textio import atomic_file
 
 CHUNK = 1000  # sentences per resumable piece of work
 PLAN_FILE = "plan.json"
@@ -34,7 +34,8 @@ def _check_plan(out: Path, plan: dict[str, Any]) -> None:
             )
     else:
         out.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(plan, indent=2) + "\n")
+        with atomic_file(path) as tmp:
+            tmp.write_text(json.dumps(plan, indent=2) + "\n")
 
 
 def distill(
@@ -49,7 +50,7 @@ def distill(
     max_tokens: int = 4096,
     device: str = "auto",
     threads: int = 0,
-    show: Callable | None = None,
+    show: bool = True,
     backend: str = "auto",
 ) -> dict[str, Any]:
     """Translate split `split` of `data_dir` with the teacher; add it as `target_split`.
@@ -57,8 +58,8 @@ def distill(
     backend: `ctranslate2` (the teacher converted once, see lanmt_cli.ct2), `torch`, or
     `auto`: CTranslate2 on a CPU, PyTorch on a GPU.
 
-    `out` keeps the chunks, the plain-text pair files and result.json. `show(total,
-    description, done)` is a context manager yielding `advance(n)` (see display.counter).
+    `out` keeps the chunks, the plain-text pair files and result.json. `show`: the
+    progress on stderr (a bar on a terminal, a line every 30 s elsewhere).
     """
     import numpy as np
     import torch
@@ -67,8 +68,8 @@ def distill(
     from lanmt_cli.bundle import load_bundle
     from lanmt_cli.data import Corpus, binarize_split, read_meta, token_batches
     from lanmt_cli.devices import pick_device
+    from lanmt_cli.progress import counter
     from lanmt_cli.search import beam_search, max_lengths
-    from lanmt_cli.textio import atomic_file
     from lanmt_cli.trainers.validate import split_text
 
     if threads:
@@ -106,7 +107,8 @@ def distill(
     names = [chunks / f"{k:05d}.json" for k in range(-(-len(order) // CHUNK))]
     done = sum(min(CHUNK, len(order) - k * CHUNK) for k, p in enumerate(names) if p.is_file())
 
-    with show(len(order), f"distilling {split} (beam {beam})", done) as advance:
+    description = f"distilling {split} (beam {beam})"
+    with counter(len(order), description, done, show=show, plain_every=30) as advance:
         for k, path in enumerate(names):
             if path.is_file():
                 continue
@@ -152,5 +154,6 @@ def distill(
         "kept": stats.kept,
         "pairs": stats.pairs,
     }
-    (out / RESULT_FILE).write_text(json.dumps(result, indent=2) + "\n")
+    with atomic_file(out / RESULT_FILE) as tmp:  # marks the distillation done: whole or not at all
+        tmp.write_text(json.dumps(result, indent=2) + "\n")
     return result

@@ -1,5 +1,5 @@
 """Training schedules: the learning rate and LaNMT's KL budget of each update; and the
-durations of the time budget (`--max-time 1.5h`) and of the time left on the console."""
+duration of the time budget (`--max-time 1.5h`). Durations on the console: lanmt_cli.progress."""
 
 from __future__ import annotations
 
@@ -49,11 +49,3 @@ def parse_duration(text: str) -> float:
     if not match:
         raise LanmtError(f"cannot read duration {text!r} (examples: 3600, 90m, 1.5h)")
     return float(match.group(1)) * _SECONDS[match.group(2)]
-
-
-def format_duration(seconds: float) -> str:
-    """1:02:03 for hours, 2:03 below an hour."""
-    seconds = int(max(0, round(seconds)))
-    h, rest = divmod(seconds, 3600)
-    m, s = divmod(rest, 60)
-    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"

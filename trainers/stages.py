@@ -13,7 +13,6 @@ A run directory holds one folder per stage::
 
 from __future__ import annotations
 
-import contextlib
 import json
 import shutil
 from dataclasses import dataclass
@@ -284,7 +283,6 @@ def distill_stage(
     show: bool = True,
 ) -> dict[str, Any]:
     """The teacher translates the training sources; the result becomes split `distill`."""
-    from lanmt_cli.trainers.display import counter
     from lanmt_cli.trainers.distill import distill
 
     run, data = Path(run).resolve(), Path(data).resolve()
@@ -295,9 +293,6 @@ def distill_stage(
         )
     sdir = run / "distill"
 
-    def quiet(total, description, done=0):
-        return contextlib.nullcontext(lambda n: None)
-
     from lanmt_cli.textio import writing
 
     with _lock(run, "distill"), writing(sdir):
@@ -306,7 +301,7 @@ def distill_stage(
         return distill(
             data, teacher, sdir, beam=beam, length_penalty=length_penalty,
             max_tokens=max_tokens, device=device, threads=threads,
-            show=counter if show else quiet,
+            show=show,
         )  # fmt: skip
 
 

@@ -115,10 +115,10 @@ def prepare(
     or over-long. The directory appears only once complete.
     """
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
     from rich.table import Table
 
     from lanmt_cli.data import prepare_corpus
+    from lanmt_cli.progress import bar as progress_bar
 
     if (valid_src is None) != (valid_tgt is None):
         raise LanmtError("--valid-src and --valid-tgt go together")
@@ -129,15 +129,7 @@ def prepare(
             raise LanmtError(f"--test name {name!r} given twice")
         tests[name] = files
 
-    err = Console(stderr=True, highlight=False)
-    bar = Progress(
-        TextColumn("{task.description:>8}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        console=err,
-        transient=True,
-        disable=not err.is_terminal,
-    )
+    bar = progress_bar(transient=True)
     tasks: dict[str, int] = {}
 
     # Progress and stage messages only on a terminal: in a pipe, stderr carries just errors.

@@ -33,6 +33,7 @@ from lanmt_cli.commands.options import (
     ThreadsOption,
 )
 from lanmt_cli.errors import LanmtError
+from lanmt_cli.textio import count_lines, strip_bom
 
 IDLE_SECONDS = 0.05  # a pause this long on a pipe flushes the window
 MAX_WARNINGS = 20
@@ -134,7 +135,7 @@ def _decode(raw: bytes, where: str, first: bool, warn: Warner) -> str:
         text = raw.decode("utf-8", errors="replace")
         warn(f"{where}: bytes that are not UTF-8 were replaced with U+FFFD")
     if first:
-        text = text.removeprefix("\ufeff")  # a byte-order mark is not text
+        text = strip_bom(text)
     return text.removesuffix("\r")
 
 
@@ -152,39 +153,6 @@ def read_input(inputs: list[str], warn: Warner) -> Iterator[Line | object]:
             number += 1
             where = f"{label} line {number}"
             yield Line(_decode(raw, where, number == 1, warn), where)
-
-
-def _count_lines(inputs: list[str]) -> int:
-    from lanmt_cli.textio import open_binary
-
-    total = 0
-    for name in inputs:
-        last = b"\n"
-        with open_binary(Path(name)) as f:
-            while block := f.read(1 << 20):
-                total += block.count(b"\n")
-                last = block[-1:]
-        total += last != b"\n"
-    return total
-
-
-class Progress:
-    """`translated 450/1000 lines (45%)` on stderr, rewritten in place."""
-
-    def __init__(self, total: int):
-        self.total, self.done = total, 0
-
-    def update(self, n: int) -> None:
-        self.done += n
-        share = self.done / self.total if self.total else 1.0
-        width = 30
-        bar = "#" * int(share * width)
-        sys.stderr.write(f"\r[{bar:<{width}}] {self.done}/{self.total} lines ({share:.0%})")
-        sys.stderr.flush()
-
-    def close(self) -> None:
-        sys.stderr.write("\n")
-        sys.stderr.flush()
 
 
 # --- output ------------------------------------------------------------------------------
@@ -300,6 +268,7 @@ def translate(
         if name != "-" and not Path(name).is_file():
             what = "is a directory" if Path(name).is_dir() else "no such file"
             raise LanmtError(f"{name}: {what}")
+    from lanmt_cli.progress import counter, stderr_console
     from lanmt_cli.registry import parse_options
     from lanmt_cli.translator import Translator
 
@@ -317,44 +286,41 @@ def translate(
     )
     warn = Warner()
     interactive = "-" in inputs and sys.stdin is not None and sys.stdin.isatty()
-    progress = None
-    if "-" not in inputs and sys.stderr.isatty():
-        progress = Progress(_count_lines(inputs))
+    console = stderr_console()
+    show = "-" not in inputs and console.is_terminal  # progress of files, on a terminal only
+    total = sum(count_lines(Path(name), check=False) for name in inputs) if show else 0
     limit = 1 if interactive else window
-    try:
-        with _output(output) as out:
-            pending: list[Line] = []
+    with (
+        counter(total, "translating", show=show, redirect_stdout=False, console=console) as advance,
+        _output(output) as out,
+    ):
+        pending: list[Line] = []
 
-            def flush() -> None:
-                results = translator.translate([line.text for line in pending])
-                for line, result in zip(pending, results, strict=True):
-                    if result.truncated:
-                        warn(
-                            f"{line.where}: longer than {translator.max_input_tokens} tokens; "
-                            "truncated"
-                        )
-                    elif result.pieces > 1:
-                        warn(
-                            f"{line.where}: longer than {translator.max_input_tokens} tokens; "
-                            f"translated in {result.pieces} pieces"
-                        )
-                    text = _format(result, translator.options, output_format)
-                    out.write(text.encode("utf-8", errors="replace") + b"\n")
-                out.flush()
-                if progress:
-                    progress.update(len(pending))
-                pending.clear()
+        def flush() -> None:
+            results = translator.translate([line.text for line in pending])
+            for line, result in zip(pending, results, strict=True):
+                if result.truncated:
+                    warn(
+                        f"{line.where}: longer than {translator.max_input_tokens} tokens; truncated"
+                    )
+                elif result.pieces > 1:
+                    warn(
+                        f"{line.where}: longer than {translator.max_input_tokens} tokens; "
+                        f"translated in {result.pieces} pieces"
+                    )
+                text = _format(result, translator.options, output_format)
+                out.write(text.encode("utf-8", errors="replace") + b"\n")
+            out.flush()
+            advance(len(pending))
+            pending.clear()
 
-            for item in read_input(inputs, warn):
-                if item is not _IDLE:
-                    pending.append(item)
-                if pending and (item is _IDLE or len(pending) >= limit):
-                    flush()
-            if pending:
+        for item in read_input(inputs, warn):
+            if item is not _IDLE:
+                pending.append(item)
+            if pending and (item is _IDLE or len(pending) >= limit):
                 flush()
-    finally:
-        if progress:
-            progress.close()
+        if pending:
+            flush()
 
 
 def register(app: typer.Typer, wrap) -> None:

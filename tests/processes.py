@@ -1,0 +1,26 @@
+"""`lanmt` as a real process (for signals and kills), and waiting for what it does."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def cli(*args, env: dict | None = None, **kw) -> subprocess.Popen:
+    """Start `lanmt ARGS` from this checkout (`env`: the environment, default this one's)."""
+    env = {**(os.environ if env is None else env), "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "-m", "lanmt_cli.app", *map(str, args)]
+    return subprocess.Popen(cmd, env=env, **kw)
+
+
+def wait_for(condition, timeout: float = 180.0, what: str = "condition") -> None:
+    """Poll `condition()` every 0.1 s; fail the test after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
