@@ -406,28 +406,11 @@ class Trainer:
         )
         metrics.pop(metric.NTOKENS, None)
         count = min(cfg.bleu_sents or len(self.valid), len(self.valid))
+        decoding = (self.model, self.valid, count, cfg.max_tokens, self.device, self.autocast)
         if cfg.bleu and self.model.config.kind == "lanmt":
-            metrics |= lanmt_bleus(
-                self.model,
-                self.valid,
-                count,
-                cfg.max_tokens,
-                self.device,
-                self.autocast,
-                self.tokenizer,
-                self.references,
-                cfg.select,
-            )
+            metrics |= lanmt_bleus(*decoding, self.tokenizer, self.references, cfg.select)
         elif cfg.bleu:
-            hyps = translate_ids(
-                self.model,
-                self.valid,
-                count,
-                cfg.max_tokens,
-                self.device,
-                self.autocast,
-                beam=cfg.valid_beam,
-            )
+            hyps = translate_ids(*decoding, beam=cfg.valid_beam)
             metrics[metric.BLEU] = bleu_score(self.model, self.tokenizer, hyps, self.references)
         score = metrics[metric.BLEU] if cfg.bleu else -metrics[metric.LOSS]
         pos = self.pos
