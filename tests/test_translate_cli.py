@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 import gzip
 import json
-import os
 import select
 import signal
 import subprocess
@@ -16,6 +15,7 @@ import pytest
 from typer.testing import CliRunner
 
 from lanmt_cli.app import app
+from tests.processes import cli
 
 ROOT = Path(__file__).resolve().parent.parent
 # every decoder, with options that keep the sampling ones quick on the tiny model
@@ -201,10 +201,7 @@ def test_decoders_command_lists_packages_and_options():
 # --- real processes: pipes, streaming, signals, start-up ----------------------------------
 
 
-def _cli(*args: str, **kw) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    cmd = [sys.executable, "-m", "lanmt_cli.app", *args]
-    return subprocess.Popen(cmd, env=env, **kw)
+_cli = cli  # lanmt as a real process (tests/processes.py)
 
 
 def _readline(stream, timeout: float) -> bytes:
