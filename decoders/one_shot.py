@@ -16,7 +16,7 @@ from lanmt_cli.decoders.refine import (
     best_of,
     length_beam,
 )
-from lanmt_cli.decoding import Output, argmax_outputs, decode_latent, to_outputs
+from lanmt_cli.decoding import Output, decode_latent, to_outputs
 
 
 class OneShot(NATDecoder):
@@ -31,8 +31,8 @@ class OneShot(NATDecoder):
         z = m.prior(source).mean  # (B, Lx, D)
         if n == 1:
             lengths = m.predict_length(source, z)  # (B,)
-            tokens, scores = argmax_outputs(m.log_probs(source, z, lengths), lengths)
-            return to_outputs(tokens, scores, lengths)
+            tokens, logps = m.best_tokens(source, z, lengths)  # (B, Ly) each
+            return to_outputs(tokens, logps.sum(1), lengths)
         ranks, rows = length_beam(src.size(0), n, src.device)
         tokens, scores = decode_latent(m, source.select(rows), z[rows], ranks)
         return best_of(tokens, scores, n)

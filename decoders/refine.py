@@ -96,18 +96,22 @@ LENGTHS_OPTION = Option(
     "lengths", int, 1, "length beam: try the N most likely lengths, keep the best", minimum=1
 )
 QUANTIZE_OPTION = Option(
-    "quantize", str, "none", "NAT model: none (as stored) or int8 (Linear layers in int8, CPU)"
+    "quantize",
+    str,
+    "none",
+    "NAT model's Linear layers: none (as stored), int8 (CPU) or bf16 (fast on AVX512-BF16/AMX)",
 )
-QUANTIZE = ("none", "int8")
+QUANTIZE = ("none", "int8", "bf16")
 
 
-def quantized(model):
-    """The int8 copy of `model` (lanmt_cli.quantize), made once and kept on the model."""
-    from lanmt_cli.quantize import quantize_int8
+def quantized(model, kind: str):
+    """The `kind` copy of `model` (lanmt_cli.quantize), made once and kept on the model."""
+    from lanmt_cli.quantize import low_precision
 
-    if "_int8" not in model.__dict__:
-        model.__dict__["_int8"] = quantize_int8(model)
-    return model.__dict__["_int8"]
+    key = f"_{kind}"
+    if key not in model.__dict__:
+        model.__dict__[key] = low_precision(model, kind)
+    return model.__dict__[key]
 
 
 class NATDecoder(Decoder):
@@ -115,10 +119,11 @@ class NATDecoder(Decoder):
 
     def __init__(self, model, teacher=None, **options):
         super().__init__(model, teacher, **options)
-        if self.options.get("quantize", "none") == "int8" and model is not None:
-            if next(model.parameters()).device.type != "cpu":
+        kind = self.options.get("quantize", "none")
+        if kind != "none" and model is not None:
+            if kind == "int8" and next(model.parameters()).device.type != "cpu":
                 raise OptionError(f"option quantize=int8 of decoder {self.name} runs on a CPU only")
-            self.model = quantized(model)
+            self.model = quantized(model, kind)
 
     @classmethod
     def check_options(cls, options):

@@ -10,8 +10,9 @@ A decoder instance holds its model (`self.model`: the LaNMT model, or the Transf
 teacher where `model_kind = "transformer"`), the teacher where it `needs_teacher`
 (`self.teacher`), and its checked option values (`self.options`, a dict by option name).
 The helpers below are the steps the built-in decoders are made of: `decode_latent` (length,
-then argmax tokens from latents z), `argmax_outputs`, `pad_tokens`, `content_seed`, and the
-teacher's search and scoring on either runtime (`teacher_search`, `teacher_scores`).
+then argmax tokens from latents z, through `LaNMT.best_tokens`), `pad_tokens`,
+`content_seed`, and the teacher's search and scoring on either runtime (`teacher_search`,
+`teacher_scores`).
 """
 
 from __future__ import annotations
@@ -154,16 +155,6 @@ def unknown_option_message(cls: type[Decoder], key: str) -> str:
     return f"decoder {cls.name} has no option {key!r}{hint}; its options: {listed}"
 
 
-def argmax_outputs(logp: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
-    """Best token per position and the summed log-probability over each length.
-
-    logp (B, Ly, V), lengths (B,) -> tokens (B, Ly) with PAD beyond the length, scores (B,).
-    """
-    best, tokens = logp.max(-1)  # (B, Ly)
-    valid = torch.arange(logp.size(1), device=logp.device)[None, :] < lengths[:, None]
-    return tokens.masked_fill(~valid, 0), (best * valid).sum(1)
-
-
 def to_outputs(tokens: Tensor, scores: Tensor, lengths: Tensor) -> list[Output]:
     """tokens (B, Ly), scores (B,), lengths (B,) -> one Output per row, cut at its length."""
     return [
@@ -209,7 +200,8 @@ def decode_latent(
         lengths, length_logp = model.predict_length(source, z), None  # (B,)
     else:
         lengths, length_logp = length_choices(model, source, z, ranks)
-    tokens, scores = argmax_outputs(model.log_probs(source, z, lengths), lengths)
+    tokens, logps = model.best_tokens(source, z, lengths)  # (B, Ly) each
+    scores = logps.sum(1)  # (B,)
     if length_logp is not None:
         scores = scores + length_logp
     rows = tokens.tolist()

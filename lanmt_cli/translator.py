@@ -24,7 +24,7 @@ import torch
 from lanmt_cli import registry
 from lanmt_cli.bundle import Bundle, load_bundle
 from lanmt_cli.decoding import Decoder, Output, content_seed
-from lanmt_cli.devices import pick_device
+from lanmt_cli.devices import batch_threads, pick_device, torch_threads
 from lanmt_cli.errors import LanmtError
 from lanmt_cli.padding import pad_tokens
 from lanmt_cli.postprocess import detokenize
@@ -84,6 +84,7 @@ class Translator:
     ):
         if threads:
             torch.set_num_threads(threads)
+        self.threads = torch.get_num_threads()  # for batches; small ones run on one
         self.device = pick_device(device)
         if decoder is not None:  # a wrong name or option fails before any loading
             registry.resolve(decoder, decoder_options)
@@ -185,10 +186,13 @@ class Translator:
         return batches
 
     def decode_batch(self, sentences: list[list[int]]) -> list[Output]:
-        """Decode one batch of source id lists (not empty); what the bench times."""
+        """Decode one batch of source id lists (not empty); what the bench times.
+
+        A batch of under SMALL_BATCH_TOKENS padded tokens (lanmt_cli.devices) runs on one
+        CPU thread, a larger one on `threads`."""
         src = pad_tokens(sentences, self.device)  # (B, L)
         seeds = [content_seed(self.seed, ids) for ids in sentences]
-        with torch.no_grad():
+        with torch.no_grad(), torch_threads(batch_threads(src.numel(), self.threads)):
             return self.decoder.decode(src, seeds)
 
     def detokenize(self, seqs: list[list[int]]) -> list[str]:

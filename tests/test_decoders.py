@@ -438,18 +438,30 @@ def test_refine_beyond_the_step_limit_is_one_clear_line(tiny_bundle):
     assert ok.exit_code == 0 and ok.stdout.strip() == "hund rot"
 
 
-# --- int8 NAT model ----------------------------------------------------------------------------
+# --- int8 and bfloat16 NAT model --------------------------------------------------------------
 
 
-def test_int8_nat_model_keeps_accuracy(bundle, tiny_task):
+@pytest.mark.parametrize(("kind", "layer"), [("int8", "Int8Linear"), ("bf16", "BF16Linear")])
+def test_low_precision_nat_model_keeps_accuracy(bundle, tiny_task, kind, layer):
     for name in ("one-shot", "refine1"):
         exact = accuracy(Translator(bundle, name), tiny_task)
-        int8 = Translator(bundle, name, {"quantize": "int8"})
-        assert type(int8.decoder.model.project).__name__ == "Int8Linear"
+        low = Translator(bundle, name, {"quantize": kind})
+        assert type(low.decoder.model.project).__name__ == layer
         assert bundle.model.project.__class__ is torch.nn.Linear  # the loaded model untouched
-        assert accuracy(int8, tiny_task) >= exact - 0.04
-    with pytest.raises(LanmtError, match="quantize of decoder refine takes one of none, int8"):
+        assert accuracy(low, tiny_task) >= exact - 0.04
+    expected = "quantize of decoder refine takes one of none, int8, bf16"
+    with pytest.raises(LanmtError, match=expected):
         registry.resolve("refine", {"quantize": "int4"})
+
+
+@pytest.mark.parametrize("name", ["one-shot", "refine1"])
+def test_bf16_decodes_each_sentence_the_same_in_any_batch(bundle, sources, name):
+    tr = Translator(bundle, name, {"quantize": "bf16"}, batch_tokens=100_000)
+    ids = tr.encode(sources[:24])
+    together = tr.decode_batch(ids)
+    alone = [tr.decode_batch([i])[0] for i in ids]
+    assert [a.tokens for a in together] == [b.tokens for b in alone]
+    assert [a.score for a in together] == pytest.approx([b.score for b in alone], abs=0.05)
 
 
 def test_int8_linear_rows_do_not_depend_on_each_other():
@@ -465,3 +477,27 @@ def test_int8_linear_rows_do_not_depend_on_each_other():
     for i in range(5):
         assert torch.equal(q(x[i : i + 1]), together[i : i + 1])
     assert torch.allclose(together, linear(x), atol=0.05 * x.abs().max().item())
+
+
+# --- CPU threads per batch -----------------------------------------------------------------
+
+
+def test_small_batches_run_on_one_thread_and_large_ones_on_all(bundle, sources):
+    from lanmt_cli.devices import SMALL_BATCH_TOKENS
+
+    tr = Translator(bundle, "one-shot", threads=2)
+    seen: list[int] = []
+    decode = tr.decoder.decode
+
+    def spy(src, seeds=None):
+        seen.append(torch.get_num_threads())
+        return decode(src, seeds)
+
+    tr.decoder.decode = spy
+    ids = tr.encode(sources)
+    alone = tr.decode_batch(ids[:1])
+    many = ids * (SMALL_BATCH_TOKENS // len(ids) + 1)
+    together = tr.decode_batch(many)
+    assert seen == [1, 2]
+    assert torch.get_num_threads() == 2  # restored after each batch
+    assert together[0].tokens == alone[0].tokens

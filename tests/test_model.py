@@ -60,6 +60,22 @@ def test_lanmt_outputs_do_not_change_when_batched_with_longer_sentences(lanmt):
         assert torch.isfinite(loss1)
 
 
+@pytest.mark.parametrize("chunk", [1, 5, 512])
+def test_best_tokens_are_the_argmax_of_the_log_probs_within_each_length(lanmt, chunk):
+    src = pad(random_batch(4, 3, 9, seed=3))
+    lengths = torch.tensor([2, 7, 4, 1])
+    with torch.no_grad():
+        source = lanmt.encode_source(src)
+        z = lanmt.prior(source).mean
+        logp = lanmt.log_probs(source, z, lengths)  # (B, Ly, V)
+        tokens, best = lanmt.best_tokens(source, z, lengths, chunk=chunk)
+    valid = torch.arange(7)[None, :] < lengths[:, None]
+    want_best, want_tokens = logp.max(-1)
+    assert torch.equal(tokens[valid], want_tokens[valid])
+    assert (tokens[~valid] == PAD).all() and (best[~valid] == 0).all()
+    torch.testing.assert_close(best[valid], want_best[valid], atol=1e-5, rtol=1e-5)
+
+
 def test_teacher_outputs_do_not_change_when_batched_with_longer_sentences(teacher):
     src, tgt = [5, 6, 7, 8], [9, 10, 11]
     batch_s = pad([src, *random_batch(3, 9, 14, seed=1)])
