@@ -5,7 +5,7 @@
 One process, one loaded model, the same threads for every system (torch and CTranslate2),
 test_2016_flickr of Multi30k (en-de). Rows: CTranslate2 greedy and beam 3 in float32 and int8,
 a direct CTranslate2 call (no lanmt code around it) for beam 3, lanmt's own PyTorch greedy
-and beam 3, one-shot and refine1 (float32 and, with --quantize, int8). Columns: BLEU
+and beam 3, one-shot and refine1 (float32 and, with --quantize, int8 and bf16). Columns: BLEU
 (sacreBLEU 13a, cased), mean ms per sentence decoded alone (the first --latency sentences,
 systems taking turns per sentence), seconds to translate the set in 4,096-token batches
 (two repeats) and in batches of 64 sentences (sorted by length). Prints a Markdown table.
@@ -37,6 +37,8 @@ SYSTEMS = [  # (row label, decoder, options)
 QUANTIZED = [
     ("lanmt one-shot, int8", "one-shot", {"quantize": "int8"}),
     ("lanmt refine1, int8", "refine", {"steps": 1, "quantize": "int8"}),
+    ("lanmt one-shot, bf16", "one-shot", {"quantize": "bf16"}),
+    ("lanmt refine1, bf16", "refine", {"steps": 1, "quantize": "bf16"}),
 ]
 
 
@@ -80,7 +82,7 @@ def main() -> None:
     parser.add_argument("--sentences", type=int, default=1000)
     parser.add_argument("--latency", type=int, default=200, help="sentences timed alone")
     parser.add_argument("--repeats", type=int, default=2, help="runs in 4,096-token batches")
-    parser.add_argument("--quantize", action="store_true", help="also int8 NAT rows")
+    parser.add_argument("--quantize", action="store_true", help="also int8 and bf16 NAT rows")
     args = parser.parse_args()
 
     import sacrebleu

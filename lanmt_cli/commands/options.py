@@ -33,7 +33,12 @@ TeacherOption = Annotated[
 ]
 DeviceOption = Annotated[Device, typer.Option("--device", help="Where to run.")]
 ThreadsOption = Annotated[
-    int | None, typer.Option("--threads", min=1, help="CPU threads (default: torch's).")
+    int | None,
+    typer.Option(
+        "--threads",
+        min=1,
+        help="CPU threads for batches (default: torch's); single sentences use one.",
+    ),
 ]
 SeedOption = Annotated[
     int, typer.Option("--seed", help="Seed of the sampling decoders (latent search).")
