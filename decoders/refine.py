@@ -99,31 +99,30 @@ QUANTIZE_OPTION = Option(
     "quantize",
     str,
     "none",
-    "NAT model's Linear layers: none (as stored), int8 (CPU) or bf16 (fast on AVX512-BF16/AMX)",
+    "NAT model's Linear layers on the CPU: none (float32), int8, or bf16 (fast on AVX512-BF16)",
 )
 QUANTIZE = ("none", "int8", "bf16")
 
 
-def quantized(model, kind: str):
-    """The `kind` copy of `model` (lanmt_cli.quantize), made once and kept on the model."""
-    from lanmt_cli.quantize import low_precision
-
-    key = f"_{kind}"
-    if key not in model.__dict__:
-        model.__dict__[key] = low_precision(model, kind)
-    return model.__dict__[key]
-
-
 class NATDecoder(Decoder):
-    """Shared by the LaNMT decoders: the checks of `steps`, `lengths` and `quantize`."""
+    """Shared by the LaNMT decoders: the checks of `steps`, `lengths` and `quantize`.
+
+    On the CPU they decode with their own inference copy of the model (`quantize`: float32
+    with pre-packed weights, int8 or bf16), made when the decoder is: a model that is still
+    training gets a fresh copy with each new decoder. On a GPU they use the model itself.
+    """
 
     def __init__(self, model, teacher=None, **options):
         super().__init__(model, teacher, **options)
         kind = self.options.get("quantize", "none")
-        if kind != "none" and model is not None:
-            if kind == "int8" and next(model.parameters()).device.type != "cpu":
-                raise OptionError(f"option quantize=int8 of decoder {self.name} runs on a CPU only")
-            self.model = quantized(model, kind)
+        if model is None:
+            return
+        if next(model.parameters()).device.type == "cpu":
+            from lanmt_cli.quantize import cpu_inference_copy
+
+            self.model = cpu_inference_copy(model, kind)
+        elif kind != "none":
+            raise OptionError(f"option quantize={kind} of decoder {self.name} runs on a CPU only")
 
     @classmethod
     def check_options(cls, options):

@@ -441,17 +441,50 @@ def test_refine_beyond_the_step_limit_is_one_clear_line(tiny_bundle):
 # --- int8 and bfloat16 NAT model --------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("kind", "layer"), [("int8", "Int8Linear"), ("bf16", "BF16Linear")])
-def test_low_precision_nat_model_keeps_accuracy(bundle, tiny_task, kind, layer):
+@pytest.mark.parametrize(
+    ("kind", "layer", "dtype"),
+    [("none", "PackedLinear", torch.float32), ("int8", "Int8Linear", None),
+     ("bf16", "PackedLinear", torch.bfloat16)],
+)  # fmt: skip
+def test_cpu_inference_copies_keep_accuracy(bundle, tiny_task, kind, layer, dtype):
+    exact = accuracy(Translator(bundle, "one-shot"), tiny_task)
     for name in ("one-shot", "refine1"):
-        exact = accuracy(Translator(bundle, name), tiny_task)
         low = Translator(bundle, name, {"quantize": kind})
-        assert type(low.decoder.model.project).__name__ == layer
+        project = low.decoder.model.project
+        assert type(project).__name__ == layer
+        assert dtype is None or project.dtype == dtype
         assert bundle.model.project.__class__ is torch.nn.Linear  # the loaded model untouched
         assert accuracy(low, tiny_task) >= exact - 0.04
     expected = "quantize of decoder refine takes one of none, int8, bf16"
     with pytest.raises(LanmtError, match=expected):
         registry.resolve("refine", {"quantize": "int4"})
+
+
+def test_packed_float32_linear_computes_what_linear_does():
+    from lanmt_cli.quantize import PackedLinear
+
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(16, 40)
+    packed = PackedLinear(linear)
+    x = torch.randn(5, 3, 16)
+    torch.testing.assert_close(packed(x), linear(x), atol=1e-5, rtol=1e-5)
+    for i in range(5):  # a row's result does not depend on the other rows
+        torch.testing.assert_close(packed(x[i : i + 1]), packed(x)[i : i + 1], atol=1e-6, rtol=0)
+
+
+def test_a_new_decoder_sees_a_model_that_has_changed_since_the_last(bundle, sources):
+    """Validation during training makes a decoder per check: no stale inference copy."""
+    from lanmt_cli.decoders.one_shot import OneShot
+    from lanmt_cli.model import LaNMT
+
+    model = LaNMT(bundle.model.config)
+    model.load_state_dict(bundle.model.state_dict())
+    src, _ = encode(bundle, sources[:8])
+    before = OneShot(model).decode(src)
+    with torch.no_grad():
+        model.project.bias.add_(torch.randn_like(model.project.bias) * 100)
+    after = OneShot(model).decode(src)
+    assert [o.tokens for o in after] != [o.tokens for o in before]
 
 
 @pytest.mark.parametrize("name", ["one-shot", "refine1"])
