@@ -1,0 +1,174 @@
+"""CTranslate2 and lanmt's NAT decoders, each measured in a process of its own.
+
+    python benchmarks/bench_separate.py [--threads 2] [--sentences 1000] [--latency 150]
+
+PyTorch and CTranslate2 loaded in one process share one OpenMP runtime, and their thread
+teams count together: with two threads each on two cores, both run their parallel regions
+more slowly than alone. `lanmt bench` measures every decoder in one process (one loaded
+model, decoders taking turns); this script gives each system a fresh process instead:
+CTranslate2 called as a user of it would (its own Python API on the converted teacher,
+no PyTorch loaded), and each lanmt decoder through `Translator` (no CTranslate2 loaded).
+test_2016_flickr of Multi30k (en-de). Columns: BLEU (sacreBLEU 13a, cased), mean ms per
+sentence decoded alone (the first --latency sentences, after a warm-up), sentences per
+second translating the set in 4,096-token batches (the better of two runs). Prints a
+Markdown table; run it on an otherwise idle machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+MULTI30K = ROOT.parent / "shared" / "data" / "multi30k"
+
+CT2_SYSTEMS = [  # (row label, beam size, compute type)
+    ("CTranslate2 greedy, fp32", 1, "default"),
+    ("CTranslate2 beam 3, fp32", 3, "default"),
+    ("CTranslate2 greedy, int8", 1, "int8"),
+    ("CTranslate2 beam 3, int8", 3, "int8"),
+]
+LANMT_SYSTEMS = [  # (row label, decoder spec)
+    ("lanmt one-shot", "one-shot"),
+    ("lanmt refine1", "refine1"),
+    ("lanmt one-shot, bf16", "one-shot:quantize=bf16"),
+    ("lanmt refine1, bf16", "refine1:quantize=bf16"),
+    ("lanmt one-shot, int8", "one-shot:quantize=int8"),
+    ("lanmt teacher-rescore, length beam 5", "teacher-rescore:samples=1,noise=0,steps=0,lengths=5"),
+]
+
+
+def read(path: Path, n: int) -> list[str]:
+    with gzip.open(path, "rt", encoding="utf-8") as f:
+        return [line.rstrip("\n") for line in f][:n]
+
+
+def timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def run_ct2(args, beam: int, compute_type: str) -> dict:
+    """CTranslate2 alone: token names in, token names out, no lanmt decoding code around it."""
+    import ctranslate2
+
+    from lanmt_cli.ct2 import _ids, _names
+    from lanmt_cli.postprocess import detokenize
+    from lanmt_cli.tokenizer import Tokenizer
+
+    assert "torch" not in sys.modules, "the CTranslate2 process must not load PyTorch"
+    tokenizer = Tokenizer.from_dir(Path(args.model))
+    src = read(args.data / "test_2016_flickr.en.gz", args.sentences)
+    names = [_names(ids) for ids in tokenizer.encode_src(src)]
+    translator = ctranslate2.Translator(
+        args.ct2_dir, device="cpu", compute_type=compute_type, inter_threads=1,
+        intra_threads=args.threads,
+    )  # fmt: skip
+    options = dict(beam_size=beam, max_decoding_length=256, min_decoding_length=0,
+                   max_input_length=0)  # fmt: skip
+    for s in names[:10]:
+        translator.translate_batch([s], **options)
+    latency = [timed(lambda s=s: translator.translate_batch([s], **options))
+               for s in names[: args.latency]]  # fmt: skip
+    results = []
+    batched = [
+        timed(lambda: results.__setitem__(slice(None), translator.translate_batch(
+            names, max_batch_size=4096, batch_type="tokens", **options)))
+        for _ in range(2)
+    ]  # fmt: skip
+    hyps = detokenize(tokenizer, [_ids(r.hypotheses[0]) for r in results], True)
+    return {"latency": latency, "batched": batched, "hyps": hyps}
+
+
+def run_lanmt(args, spec: str) -> dict:
+    """A lanmt decoder through Translator, as `lanmt translate` runs it."""
+    from lanmt_cli.bench import parse_spec
+    from lanmt_cli.translator import Translator
+
+    name, options = parse_spec(spec)
+    tr = Translator(args.model, name, options, threads=args.threads)
+    src = read(args.data / "test_2016_flickr.en.gz", args.sentences)
+    pieces = [tr.split(line, ids)[0] for line, ids in zip(src, tr.encode(src), strict=True)]
+    for p in pieces[:10]:
+        tr.decode_batch(p)
+    latency = [timed(lambda p=p: tr.decode_batch(p)) for p in pieces[: args.latency]]
+    results = []
+    batched = [timed(lambda: results.__setitem__(slice(None), tr.translate(src))) for _ in range(2)]
+    loaded = "ctranslate2" in sys.modules
+    return {"latency": latency, "batched": batched, "ct2_loaded": loaded,
+            "hyps": [r.translation for r in results]}  # fmt: skip
+
+
+def converted_teacher(model: str) -> str:
+    """The CTranslate2 folder of the bundle's teacher (converted once, lanmt_cli.ct2)."""
+    from lanmt_cli import ct2
+    from lanmt_cli.bundle import load_bundle
+
+    bundle = load_bundle(model)
+    teacher = bundle.teacher().model
+    return str(ct2.model_dir(teacher, getattr(teacher, "bundle_dir", None)))
+
+
+def child(args) -> None:
+    kind, _, what = args.child.partition(":")
+    if kind == "convert":
+        out = {"ct2_dir": converted_teacher(args.model)}
+    elif kind == "ct2":
+        beam, compute_type = what.split(",")
+        out = run_ct2(args, int(beam), compute_type)
+    else:
+        out = run_lanmt(args, what)
+    print(json.dumps(out))
+
+
+def spawn(args, what: str, extra: list[str] = ()) -> dict:
+    cmd = [sys.executable, __file__, "--child", what, "--model", args.model,
+           "--data", str(args.data), "--threads", str(args.threads),
+           "--sentences", str(args.sentences), "--latency", str(args.latency), *extra]  # fmt: skip
+    done = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default=str(ROOT / "lanmt_cli" / "models" / "default"))
+    parser.add_argument("--data", type=Path, default=MULTI30K)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--sentences", type=int, default=1000)
+    parser.add_argument("--latency", type=int, default=150, help="sentences timed alone")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--ct2-dir", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        child(args)
+        return
+
+    import sacrebleu
+
+    ref = read(args.data / "test_2016_flickr.de.gz", args.sentences)
+    ct2_dir = spawn(args, "convert")["ct2_dir"]
+    runs = [(label, spawn(args, f"ct2:{beam},{ct}", ["--ct2-dir", ct2_dir]))
+            for label, beam, ct in CT2_SYSTEMS]  # fmt: skip
+    runs += [(label, spawn(args, f"lanmt:{spec}")) for label, spec in LANMT_SYSTEMS]
+    print(f"{args.sentences} sentences of test_2016_flickr (en-de), {args.threads} threads, "
+          f"each system in its own process; model {args.model}")  # fmt: skip
+    print()
+    print(f"| system | BLEU | batch 1, ms/sentence (mean of {args.latency}) "
+          "| batched, sentences/s (best of 2) | CTranslate2 in the process |")  # fmt: skip
+    print("|---|---|---|---|---|")
+    for label, r in runs:
+        bleu = sacrebleu.corpus_bleu(r["hyps"], [ref]).score
+        ms = 1000 * sum(r["latency"]) / len(r["latency"])
+        rate = args.sentences / min(r["batched"])
+        loaded = "yes" if r.get("ct2_loaded", True) else "no"
+        print(f"| {label} | {bleu:.2f} | {ms:.1f} | {rate:.1f} | {loaded} |")
+
+
+if __name__ == "__main__":
+    main()
