@@ -518,19 +518,23 @@ def test_int8_linear_rows_do_not_depend_on_each_other():
 def test_small_batches_run_on_one_thread_and_large_ones_on_all(bundle, sources):
     from lanmt_cli.devices import SMALL_BATCH_TOKENS
 
-    tr = Translator(bundle, "one-shot", threads=2)
-    seen: list[int] = []
-    decode = tr.decoder.decode
+    suite_threads = torch.get_num_threads()
+    try:
+        tr = Translator(bundle, "one-shot", threads=2)
+        seen: list[int] = []
+        decode = tr.decoder.decode
 
-    def spy(src, seeds=None):
-        seen.append(torch.get_num_threads())
-        return decode(src, seeds)
+        def spy(src, seeds=None):
+            seen.append(torch.get_num_threads())
+            return decode(src, seeds)
 
-    tr.decoder.decode = spy
-    ids = tr.encode(sources)
-    alone = tr.decode_batch(ids[:1])
-    many = ids * (SMALL_BATCH_TOKENS // len(ids) + 1)
-    together = tr.decode_batch(many)
-    assert seen == [1, 2]
-    assert torch.get_num_threads() == 2  # restored after each batch
-    assert together[0].tokens == alone[0].tokens
+        tr.decoder.decode = spy
+        ids = tr.encode(sources)
+        alone = tr.decode_batch(ids[:1])
+        many = ids * (SMALL_BATCH_TOKENS // len(ids) + 1)
+        together = tr.decode_batch(many)
+        assert seen == [1, 2]
+        assert torch.get_num_threads() == 2  # restored after each batch
+        assert together[0].tokens == alone[0].tokens
+    finally:
+        torch.set_num_threads(suite_threads)  # what the other tests run with
