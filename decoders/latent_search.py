@@ -1,6 +1,7 @@
 """latent-search: K latents drawn from the prior, each refined, the best by the model's score.
 
-Candidate k of a sentence decodes from z = mu_p + noise * sigma_p * eps_k and is then refined
+Candidate k of a sentence decodes from z = mu_p + noise * sigma_p * eps_k (eps_0 = 0: the first
+candidate is the prior mean's) and is then refined
 with the delta posterior; the NAT model's own score (sum of the per-position max log-probability)
 picks the winner. Each sentence draws eps from its own generator, seeded from its content, so
 results do not depend on the batch. The paper notes that self-scoring is unreliable:
@@ -26,10 +27,12 @@ Candidates = list[tuple[list[int], float]]  # (tokens, score) per candidate of o
 
 
 def sentence_noise(seed: int, samples: int, length: int, dim: int, width: int) -> Tensor:
-    """eps (K, width, D) for one sentence of `length` tokens: its own generator, zero padding."""
+    """eps (K, width, D) for one sentence of `length` tokens: its own generator, zero padding.
+
+    The first sample's eps is 0: every search includes the prior mean itself."""
     g = torch.Generator().manual_seed(seed)
     eps = torch.zeros(samples, width, dim)
-    eps[:, :length] = torch.randn(samples, length, dim, generator=g)
+    eps[1:, :length] = torch.randn(samples - 1, length, dim, generator=g)
     return eps
 
 

@@ -5,9 +5,18 @@ EOS included, by teacher forcing (no search): on CTranslate2's `score_batch` by 
 one batched PyTorch forward pass (`backend=torch`). The highest wins; with `normalize=true`
 the score is per token (EOS counted), as candidates of different lengths (`lengths=N`) need.
 The candidates reported carry the teacher's scores.
+
+Its defaults are a length beam, not sampling: the prior mean (the first sample always is) at
+each of the 5 most likely lengths, each refined once, ranked per token (`samples=1,lengths=5,
+normalize=true`); `teacher-rescore8` adds 7 samples around the mean at each length.
+On Multi30k validation (a model of the session-4 recipe at update 1,100, first 300
+sentences) that scored 30.80 BLEU, against 30.02 for 8 samples at noise 0.5 and 28.80 for the
+same length beam without refining the candidates.
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 from torch import Tensor
 
@@ -16,15 +25,18 @@ from lanmt_cli.decoders.latent_search import Candidates, LatentSearch, chunks, d
 from lanmt_cli.decoding import BACKEND_OPTIONS, Option, check_backend_options, teacher_scores
 from lanmt_cli.postprocess import clean_ids
 
+DEFAULTS = {"samples": 1, "lengths": 5}  # latent-search's options, as defaults here
+
 
 class TeacherRescore(LatentSearch):
     name = "teacher-rescore"
     help = "Latent search whose candidates the autoregressive teacher scores; its best wins."
     option_specs = (
-        *LatentSearch.option_specs,
-        Option("normalize", bool, False, "rank by the teacher's score per token (EOS counted)"),
+        *(dataclasses.replace(o, default=DEFAULTS.get(o.name, o.default))
+          for o in LatentSearch.option_specs),
+        Option("normalize", bool, True, "rank by the teacher's score per token (EOS counted)"),
         *BACKEND_OPTIONS,
-    )
+    )  # fmt: skip
     needs_teacher = True
 
     @classmethod

@@ -85,12 +85,20 @@ def test_same_output_whatever_the_batch_size(tiny_bundle, tiny_task, decoder):
 @pytest.mark.parametrize("decoder", ["latent-search", "teacher-rescore"])
 def test_sampling_decoders_depend_on_the_seed_only(tiny_bundle, tiny_task, decoder):
     text = task_input(tiny_task[:30])
-    args = ("-d", decoder, *NOISY)
-    big = _translate(str(tiny_bundle), text, *args, "--seed", "7", "--batch-tokens", "100000")
-    small = _translate(str(tiny_bundle), text, *args, "--seed", "7", "--batch-tokens", "1")
-    reordered = _translate(str(tiny_bundle), task_input(tiny_task[:30][::-1]), *args, "--seed", "7")
+    # jsonl with every distinct candidate: the draw shows in them even where the prior mean,
+    # always the first sample, wins
+    args = ("-d", decoder, *NOISY, "--opt", "nbest=100", "--output-format", "jsonl")
+
+    def run(text, *more):
+        lines = _translate(str(tiny_bundle), text, *args, *more)
+        rows = map(json.loads, lines)
+        return [(r["translation"], [c["translation"] for c in r["candidates"]]) for r in rows]
+
+    big = run(text, "--seed", "7", "--batch-tokens", "100000")
+    small = run(text, "--seed", "7", "--batch-tokens", "1")
+    reordered = run(task_input(tiny_task[:30][::-1]), "--seed", "7")
     assert small == big == reordered[::-1]
-    other = _translate(str(tiny_bundle), text, *args, "--seed", "8", "--batch-tokens", "100000")
+    other = run(text, "--seed", "8", "--batch-tokens", "100000")
     assert other != big  # the draw matters here, so the agreement above means something
 
 
