@@ -67,9 +67,9 @@ def distill(
     from lanmt_cli import ct2
     from lanmt_cli.bundle import load_bundle
     from lanmt_cli.data import Corpus, binarize_split, read_meta, token_batches
+    from lanmt_cli.decoding import teacher_search
     from lanmt_cli.devices import pick_device
     from lanmt_cli.progress import counter
-    from lanmt_cli.search import beam_search, max_lengths
     from lanmt_cli.trainers.validate import split_text
 
     if threads:
@@ -81,7 +81,8 @@ def distill(
         backend = "ctranslate2" if device == "cpu" else "torch"
     if backend not in ct2.BACKENDS:
         raise LanmtError(f"unknown backend {backend!r} (known: {', '.join(ct2.BACKENDS)})")
-    engine = ct2.engine_for(teacher.model) if backend == "ctranslate2" else None
+    if backend == "ctranslate2":
+        ct2.engine_for(teacher.model)  # converted (or found) before the first batch
     if teacher.kind != "transformer":
         raise LanmtError(f"{teacher_dir} holds a {teacher.kind} model, not a teacher")
     meta = read_meta(data_dir)
@@ -118,14 +119,9 @@ def distill(
             for part in token_batches(lengths, lengths, max_tokens, seed=0, epoch=0, shuffle=False):
                 rows = ids[part]
                 src = corpus.collate(rows)[0].to(device)
-                if engine is not None:
-                    limits = max_lengths(src, teacher.model, 1.5, 10).tolist()
-                    sources = [corpus.pair(int(i))[0].tolist() for i in rows]
-                    hyps = engine.search(sources, limits, beam, length_penalty)
-                else:
-                    hyps = beam_search(teacher.model, src, beam=beam, length_penalty=length_penalty)
-                for i, h in zip(rows.tolist(), hyps, strict=True):
-                    tokens[i] = h[0].tokens if h else []
+                found = teacher_search(teacher.model, src, beam, length_penalty, backend=backend)
+                for i, output in zip(rows.tolist(), found, strict=True):
+                    tokens[i] = output.tokens
                 advance(len(rows))
             with atomic_file(path) as tmp:
                 tmp.write_text(
