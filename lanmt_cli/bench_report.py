@@ -89,6 +89,14 @@ def notes(report: Report) -> list[str]:
         f"Speed-up: time of {report.baseline.label} / time of the decoder, both measured "
         "in this one run on this machine; absolute times hold for this device only."
     )
+    if env["device"] == "cpu" and {r.options.get("backend") for r in report.rows} >= {
+        "torch",
+        "ctranslate2",
+    }:
+        lines.append(
+            "PyTorch and CTranslate2 ran in one process, where they share one OpenMP runtime "
+            "and slow each other on the CPU; benchmarks/bench_separate.py measures each alone."
+        )
     q = report.rows[0].quality
     if q:
         lines.append(

@@ -90,6 +90,7 @@ def test_every_decoder_gets_a_row(run):
         assert len(table_row(stdout, r["label"])) == len(header)
     assert f"{N} of 50 sentences" in stdout and f"over {LATENCY} sentences" in stdout
     assert "measured in this one run on this machine" in stdout
+    assert "share one OpenMP runtime" in stdout  # both engines ran: the table says so
 
 
 def test_printed_bleu_is_sacrebleu_on_the_written_translations(run, tiny_task):
