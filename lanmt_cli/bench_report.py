@@ -67,8 +67,9 @@ def notes(report: Report) -> list[str]:
     if ts["latency_sentences"]:
         lines.append(
             f"ms / sentence: mean ± std over {ts['latency_sentences']} sentences decoded one "
-            f"at a time (batch size 1) after a warm-up of up to {st['warmup']} sentences per "
-            "decoder; model loading and tokenization excluded."
+            f"at a time (batch size 1; under 64 tokens on one thread, in both engines) after "
+            f"a warm-up of up to {st['warmup']} sentences per decoder; model loading and "
+            "tokenization excluded."
         )
     runs = f"median of {st['repeats']} runs" if st["repeats"] > 1 else "one run"
     lines.append(
