@@ -56,6 +56,8 @@ def columns(report: Report) -> tuple[list[str], list[list[str]]]:
 
 def notes(report: Report) -> list[str]:
     """What the figures mean and where they come from, one statement a line."""
+    from lanmt_cli.devices import SMALL_BATCH_TOKENS
+
     env, ts, st = report.environment, report.test_set, report.settings
     name = ts.get("name") or Path(ts["src"]).name
     if ts.get("langpair"):
@@ -67,9 +69,9 @@ def notes(report: Report) -> list[str]:
     if ts["latency_sentences"]:
         lines.append(
             f"ms / sentence: mean ± std over {ts['latency_sentences']} sentences decoded one "
-            f"at a time (batch size 1; under 64 tokens on one thread, in both engines) after "
-            f"a warm-up of up to {st['warmup']} sentences per decoder; model loading and "
-            "tokenization excluded."
+            f"at a time (batch size 1; under {SMALL_BATCH_TOKENS} tokens on one thread, in both "
+            f"engines) after a warm-up of up to {st['warmup']} sentences per decoder; model "
+            "loading and tokenization excluded."
         )
     runs = f"median of {st['repeats']} runs" if st["repeats"] > 1 else "one run"
     lines.append(
