@@ -14,13 +14,8 @@ systems taking turns per sentence), seconds to translate the set in 4,096-token 
 from __future__ import annotations
 
 import argparse
-import gc
-import gzip
-import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-MULTI30K = ROOT.parent / "shared" / "data" / "multi30k"
+from multi30k import read, test_set_options, timed
 
 SYSTEMS = [  # (row label, decoder, options)
     ("CTranslate2 greedy, fp32", "beam", {"beam": 1}),
@@ -42,22 +37,6 @@ QUANTIZED = [
 ]
 
 
-def read(path: Path, n: int) -> list[str]:
-    with gzip.open(path, "rt", encoding="utf-8") as f:
-        return [line.rstrip("\n") for line in f][:n]
-
-
-def timed(fn) -> float:
-    gc.collect()
-    gc.disable()
-    try:
-        start = time.perf_counter()
-        fn()
-        return time.perf_counter() - start
-    finally:
-        gc.enable()
-
-
 def by_sentences(tr, ids: list[list[int]], size: int) -> None:
     order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
     for k in range(0, len(order), size):
@@ -76,11 +55,7 @@ def direct_ct2(engine, ids: list[list[int]], beam: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default=str(ROOT / "lanmt_cli" / "models" / "default"))
-    parser.add_argument("--data", type=Path, default=MULTI30K)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--sentences", type=int, default=1000)
-    parser.add_argument("--latency", type=int, default=200, help="sentences timed alone")
+    test_set_options(parser, sentences=1000, latency=200)
     parser.add_argument("--repeats", type=int, default=2, help="runs in 4,096-token batches")
     parser.add_argument("--quantize", action="store_true", help="also int8 and bf16 NAT rows")
     args = parser.parse_args()

@@ -17,15 +17,12 @@ Markdown table; run it on an otherwise idle machine.
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-MULTI30K = ROOT.parent / "shared" / "data" / "multi30k"
+from multi30k import read, test_set_options, timed
 
 CT2_SYSTEMS = [  # (row label, beam size, compute type)
     ("CTranslate2 greedy, fp32", 1, "default"),
@@ -41,17 +38,6 @@ LANMT_SYSTEMS = [  # (row label, decoder spec)
     ("lanmt one-shot, int8", "one-shot:quantize=int8"),
     ("lanmt teacher-rescore, length beam 5", "teacher-rescore:samples=1,noise=0,steps=0,lengths=5"),
 ]
-
-
-def read(path: Path, n: int) -> list[str]:
-    with gzip.open(path, "rt", encoding="utf-8") as f:
-        return [line.rstrip("\n") for line in f][:n]
-
-
-def timed(fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
 
 
 def run_ct2(args, beam: int, compute_type: str) -> dict:
@@ -137,11 +123,7 @@ def spawn(args, what: str, extra: list[str] = ()) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default=str(ROOT / "lanmt_cli" / "models" / "default"))
-    parser.add_argument("--data", type=Path, default=MULTI30K)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--sentences", type=int, default=1000)
-    parser.add_argument("--latency", type=int, default=150, help="sentences timed alone")
+    test_set_options(parser, sentences=1000, latency=150)
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--ct2-dir", help=argparse.SUPPRESS)
     args = parser.parse_args()

@@ -15,22 +15,15 @@ loaded / quiet (quiet = the mean of the runs before and after). Issue 12's targe
 from __future__ import annotations
 
 import argparse
-import gzip
 import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-MULTI30K = ROOT.parent / "shared" / "data" / "multi30k"
+from multi30k import read, test_set_options
+
 DECODERS = ["one-shot", "refine1", "beam", "beam1"]
 BUSY = "import os, sys; os.sched_setaffinity(0, {int(sys.argv[1])})\nwhile True: pass"
-
-
-def read(path: Path, n: int) -> list[str]:
-    with gzip.open(path, "rt", encoding="utf-8") as f:
-        return [line.rstrip("\n") for line in f][:n]
 
 
 def measure(translators: dict, ids: list[list[int]], src: list[str], latency: int) -> dict:
@@ -55,11 +48,8 @@ def measure(translators: dict, ids: list[list[int]], src: list[str], latency: in
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default=str(ROOT / "lanmt_cli" / "models" / "default"))
-    parser.add_argument("--data", type=Path, default=MULTI30K)
-    parser.add_argument("--sentences", type=int, default=300)
-    parser.add_argument("--latency", type=int, default=100)
-    parser.add_argument("--threads", type=int, default=None, help="default: lanmt's own")
+    test_set_options(parser, sentences=300, latency=100, threads=None,
+                     threads_help="default: lanmt's own")  # fmt: skip
     parser.add_argument("-d", "--decoder", action="append", help=f"default: {DECODERS}")
     args = parser.parse_args()
 

@@ -111,8 +111,8 @@ def prior_accuracy(model, src: torch.Tensor, tgt: torch.Tensor) -> torch.Tensor:
     """Token accuracy of decoding at the true length from the prior mean."""
     source = model.encode_source(src)
     y_valid = tgt != PAD
-    logits = model.decode(source, model.prior(source).mean, y_valid.sum(1))  # (B, Ly, V)
-    return ((logits.argmax(-1) == tgt) & y_valid).sum() / y_valid.sum()
+    tokens, _ = model.best_tokens(source, model.prior(source).mean, y_valid.sum(1))  # (B, Ly)
+    return ((tokens == tgt) & y_valid).sum() / y_valid.sum()
 
 
 # LaNMT validation decodes with these besides the --select decoder.
@@ -171,7 +171,7 @@ def oracle_posterior(model, src: torch.Tensor, tgt: torch.Tensor) -> list[list[i
     """Argmax decoding from z = posterior mean of q(z|x, reference), at the reference length."""
     source = model.encode_source(src)
     lengths = (tgt != PAD).sum(1)
-    tokens = model.decode(source, model.posterior(source, tgt).mean, lengths).argmax(-1)
+    tokens, _ = model.best_tokens(source, model.posterior(source, tgt).mean, lengths)
     return [row[:n] for row, n in zip(tokens.tolist(), lengths.tolist(), strict=True)]
 
 
