@@ -16,7 +16,7 @@ from lanmt_cli.decoders.refine import (
     best_of,
     length_beam,
 )
-from lanmt_cli.decoding import Output, decode_latent, to_outputs
+from lanmt_cli.decoding import Output, decode_latent
 
 
 class OneShot(NATDecoder):
@@ -30,9 +30,7 @@ class OneShot(NATDecoder):
         source = m.encode_source(src)
         z = m.prior(source).mean  # (B, Lx, D)
         if n == 1:
-            lengths = m.predict_length(source, z)  # (B,)
-            tokens, logps = m.best_tokens(source, z, lengths)  # (B, Ly) each
-            return to_outputs(tokens, logps.sum(1), lengths)
+            return best_of(*decode_latent(m, source, z), 1)
         ranks, rows = length_beam(src.size(0), n, src.device)
         tokens, scores = decode_latent(m, source.select(rows), z[rows], ranks)
         return best_of(tokens, scores, n)

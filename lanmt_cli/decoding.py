@@ -155,14 +155,6 @@ def unknown_option_message(cls: type[Decoder], key: str) -> str:
     return f"decoder {cls.name} has no option {key!r}{hint}; its options: {listed}"
 
 
-def to_outputs(tokens: Tensor, scores: Tensor, lengths: Tensor) -> list[Output]:
-    """tokens (B, Ly), scores (B,), lengths (B,) -> one Output per row, cut at its length."""
-    return [
-        Output(tokens[i, : int(lengths[i])].tolist(), float(scores[i]))
-        for i in range(tokens.size(0))
-    ]
-
-
 def content_seed(seed: int, tokens: list[int]) -> int:
     """A sentence's own random seed, from the run's seed and the sentence's tokens.
 
