@@ -36,7 +36,8 @@ LANMT_SYSTEMS = [  # (row label, decoder spec)
     ("lanmt one-shot, bf16", "one-shot:quantize=bf16"),
     ("lanmt refine1, bf16", "refine1:quantize=bf16"),
     ("lanmt one-shot, int8", "one-shot:quantize=int8"),
-    ("lanmt teacher-rescore, length beam 5", "teacher-rescore:samples=1,noise=0,steps=0,lengths=5"),
+    ("lanmt teacher-rescore (default: length beam 5, refined)", "teacher-rescore"),
+    ("lanmt teacher-rescore, length beam 5, unrefined", "teacher-rescore:steps=0"),
 ]
 
 

@@ -17,8 +17,7 @@ DISTILL_BEAM=${DISTILL_BEAM:-4}
 LANMT_STEPS=${LANMT_STEPS:-6000}
 LANMT_TIME=${LANMT_TIME:-}
 KL_FLOOR=${KL_FLOOR:-0.5}
-SAMPLES=${SAMPLES:-8}  # latent samples for latent-search and teacher-rescore in the table
-LATENCY_SENTENCES=${LATENCY_SENTENCES:-200}
+LATENCY_SENTENCES=${LATENCY_SENTENCES:-150}
 mkdir -p "$WORK"
 
 # 1. SentencePiece (joint 8k unigram) and binarized data
@@ -60,6 +59,8 @@ python "$(dirname "$0")/ship_default.py" "$WORK/run/lanmt/best" --teacher "$WORK
 
 # 7. the README's results table, measured on the shipped model and test_2016_flickr
 lanmt bench --src "$DATA/test_2016_flickr.en.gz" --ref "$DATA/test_2016_flickr.de.gz" --evaluate \
-  -d one-shot -d refine1 -d "latent-search:samples=$SAMPLES" -d "teacher-rescore:samples=$SAMPLES" \
+  -d beam -d beam1 -d beam:compute_type=int8 -d beam1:compute_type=int8 \
+  -d one-shot -d refine1 -d refine3 -d one-shot:quantize=int8 -d refine1:quantize=int8 \
+  -d one-shot:quantize=bf16 -d refine1:quantize=bf16 -d teacher-rescore -d teacher-rescore8 \
   --latency-sentences "$LATENCY_SENTENCES" --threads "$THREADS" --json "$WORK/bench.json" --markdown \
   | tee "$WORK/bench.md"
