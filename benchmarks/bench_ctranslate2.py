@@ -5,8 +5,9 @@
 One process, one loaded model, the same threads for every system (torch and CTranslate2),
 test_2016_flickr of Multi30k (en-de). Rows: CTranslate2 greedy and beam 3 in float32 and int8,
 a direct CTranslate2 call (no lanmt code around it) for beam 3, lanmt's own PyTorch greedy
-and beam 3, one-shot and refine1 (float32 and, with --quantize, int8 and bf16). Columns: BLEU
-(sacreBLEU 13a, cased), mean ms per sentence decoded alone (the first --latency sentences,
+and beam 3, one-shot and refine1 (their default, quantize=auto, and with --quantize int8,
+float32 and bf16). Columns: BLEU (sacreBLEU 13a, cased), mean ms per sentence decoded alone
+(the first --latency sentences,
 systems taking turns per sentence), seconds to translate the set in 4,096-token batches
 (two repeats) and in batches of 64 sentences (sorted by length). Prints a Markdown table.
 """
@@ -24,14 +25,16 @@ SYSTEMS = [  # (row label, decoder, options)
     ("CTranslate2 beam 3, int8", "beam", {"compute_type": "int8"}),
     ("lanmt teacher greedy (PyTorch)", "beam", {"beam": 1, "backend": "torch"}),
     ("lanmt teacher beam 3 (PyTorch)", "beam", {"backend": "torch"}),
-    ("lanmt one-shot", "one-shot", {}),
-    ("lanmt refine1", "refine", {"steps": 1}),
+    ("lanmt one-shot (quantize=auto)", "one-shot", {}),
+    ("lanmt refine1 (quantize=auto)", "refine", {"steps": 1}),
     ("lanmt teacher-rescore, length beam 5", "teacher-rescore",
      {"samples": 1, "noise": 0.0, "steps": 0, "lengths": 5, "normalize": True}),
 ]  # fmt: skip
 QUANTIZED = [
     ("lanmt one-shot, int8", "one-shot", {"quantize": "int8"}),
     ("lanmt refine1, int8", "refine", {"steps": 1, "quantize": "int8"}),
+    ("lanmt one-shot, fp32", "one-shot", {"quantize": "none"}),
+    ("lanmt refine1, fp32", "refine", {"steps": 1, "quantize": "none"}),
     ("lanmt one-shot, bf16", "one-shot", {"quantize": "bf16"}),
     ("lanmt refine1, bf16", "refine", {"steps": 1, "quantize": "bf16"}),
 ]

@@ -31,10 +31,10 @@ CT2_SYSTEMS = [  # (row label, beam size, compute type)
     ("CTranslate2 beam 3, int8", 3, "int8"),
 ]
 LANMT_SYSTEMS = [  # (row label, decoder spec)
-    ("lanmt one-shot", "one-shot"),
-    ("lanmt refine1", "refine1"),
-    ("lanmt one-shot, bf16", "one-shot:quantize=bf16"),
-    ("lanmt refine1, bf16", "refine1:quantize=bf16"),
+    ("lanmt one-shot (default: quantize=auto)", "one-shot"),
+    ("lanmt refine1 (default: quantize=auto)", "refine1"),
+    ("lanmt one-shot, fp32", "one-shot:quantize=none"),
+    ("lanmt refine1, fp32", "refine1:quantize=none"),
     ("lanmt one-shot, int8", "one-shot:quantize=int8"),
     ("lanmt teacher-rescore (default: length beam 5, refined)", "teacher-rescore"),
     ("lanmt teacher-rescore, length beam 5, unrefined", "teacher-rescore:steps=0"),

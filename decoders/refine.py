@@ -98,19 +98,23 @@ LENGTHS_OPTION = Option(
 QUANTIZE_OPTION = Option(
     "quantize",
     str,
-    "none",
-    "NAT model's Linear layers on the CPU: none (float32), int8, or bf16 (fast on AVX512-BF16)",
+    "auto",
+    "NAT model's Linear layers on the CPU: none (float32), int8, bf16, or auto "
+    "(bf16 on CPUs that multiply bfloat16 natively, AVX512-BF16 or AMX; else none)",
 )
-QUANTIZE = ("none", "int8", "bf16")
+QUANTIZE = ("auto", "none", "int8", "bf16")
 
 
 class NATDecoder(Decoder):
     """Shared by the LaNMT decoders: the checks of `steps`, `lengths` and `quantize`.
 
     On the CPU they decode with their own inference copy of the model (`quantize`: float32
-    with pre-packed weights, int8 or bf16), made when the decoder is: a model that is still
-    training gets a fresh copy with each new decoder. On a GPU they use the model itself.
+    with pre-packed weights, int8 or bf16; `auto` picks one for this CPU), made when the
+    decoder is: a model that is still training gets a fresh copy with each new decoder. On a
+    GPU they use the model itself. `compute_type` says what the Linear layers compute in.
     """
+
+    compute_type: str  # float32, int8 or bf16 on a CPU; the model's dtype on a GPU
 
     def __init__(self, model, teacher=None, **options):
         super().__init__(model, teacher, **options)
@@ -118,10 +122,14 @@ class NATDecoder(Decoder):
         if model is None:
             return
         if next(model.parameters()).device.type == "cpu":
-            from lanmt_cli.quantize import cpu_inference_copy
+            from lanmt_cli.quantize import cpu_inference_copy, resolve_quantize
 
+            kind = resolve_quantize(kind)
             self.model = cpu_inference_copy(model, kind)
-        elif kind != "none":
+            self.compute_type = "float32" if kind == "none" else kind
+        elif kind in ("auto", "none"):
+            self.compute_type = str(next(model.parameters()).dtype).removeprefix("torch.")
+        else:
             raise OptionError(f"option quantize={kind} of decoder {self.name} runs on a CPU only")
 
     @classmethod

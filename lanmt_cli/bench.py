@@ -448,9 +448,8 @@ def runtime_options(tr: Translator) -> dict[str, Any]:
             options["compute_type_requested"] = requested
     else:
         options.setdefault("backend", "torch")
-        quantize = options.get("quantize", "none")
         dtype = str(next(tr.decoder.model.parameters()).dtype).removeprefix("torch.")
-        options["compute_type"] = dtype if quantize == "none" else quantize
+        options["compute_type"] = getattr(tr.decoder, "compute_type", dtype)
     return options
 
 

@@ -48,14 +48,39 @@ class Attention(nn.Module):
         self.v = nn.Linear(hidden, hidden)
         self.out = nn.Linear(hidden, hidden)
         self.dropout = dropout
+        # Inference copies only (`fuse`): q, k and v, or k and v, in one matrix product.
+        self.qkv: nn.Module | None = None
+        self.kv: nn.Module | None = None
 
-    def split(self, x: Tensor) -> Tensor:
-        # (B, L, H) -> (B, heads, L, H/heads)
+    def split(self, x: Tensor, parts: int = 1) -> Tensor:
+        # (B, L, parts*H) -> (parts, B, heads, L, H/heads); the parts dim squeezed if 1
         b, n, _ = x.shape
-        return x.view(b, n, self.heads, -1).transpose(1, 2)
+        heads = x.view(b, n, parts, self.heads, -1).permute(2, 0, 3, 1, 4)
+        return heads[0] if parts == 1 else heads
 
     def project_kv(self, memory: Tensor) -> tuple[Tensor, Tensor]:
-        return self.split(self.k(memory)), self.split(self.v(memory))
+        if self.kv is not None:
+            k, v = self.split(self.kv(memory), 2)
+        elif self.qkv is not None:
+            _, k, v = self.split(self.qkv(memory), 3)
+        else:
+            k, v = self.split(self.k(memory)), self.split(self.v(memory))
+        return k, v
+
+    @torch.no_grad()
+    def fuse(self, self_attention: bool) -> None:
+        """For inference: one product for q, k and v (self-attention: the query is the
+        memory) or for k and v (cross-attention) instead of three or two. Same weights; a
+        sentence's single product costs little more than each of the small ones."""
+        parts = (self.q, self.k, self.v) if self_attention else (self.k, self.v)
+        fused = nn.Linear(self.out.in_features, len(parts) * self.out.out_features)
+        fused.weight.copy_(torch.cat([p.weight for p in parts]))
+        fused.bias.copy_(torch.cat([p.bias for p in parts]))
+        if self_attention:
+            self.qkv = fused
+        else:
+            self.kv = fused
+        self.k = self.v = None  # q stays: a query that is not the memory needs it
 
     def forward(
         self,
@@ -64,8 +89,11 @@ class Attention(nn.Module):
         mask: Tensor | None,  # bool, True = may attend; broadcastable to (B, 1, Lq, Lk)
         kv: tuple[Tensor, Tensor] | None = None,  # precomputed (B, heads, Lk, H/heads)
     ) -> Tensor:
-        q = self.split(self.q(query))
-        k, v = kv if kv is not None else self.project_kv(memory)
+        if kv is None and self.qkv is not None:  # fused self-attention: memory is query
+            q, k, v = self.split(self.qkv(query), 3)
+        else:
+            q = self.split(self.q(query))
+            k, v = kv if kv is not None else self.project_kv(memory)
         p = self.dropout if self.training else 0.0
         h = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
         b, _, n, _ = h.shape

@@ -12,7 +12,9 @@ products are exact, so each token's result depends on that token alone.
 
 bfloat16: every Linear layer keeps pre-packed bfloat16 weights and multiplies bfloat16 inputs,
 returning float32; everything else (norms, attention, softmax) stays float32. On CPUs with
-AVX512-BF16 or AMX the matrix products run about twice as fast as float32; elsewhere slower.
+AVX512-BF16 or AMX the matrix products run about twice as fast as float32, and the weights
+take half the cache; elsewhere they are slower. `auto`, the decoders' default, is bf16 on
+those CPUs and float32 on the others.
 """
 
 from __future__ import annotations
@@ -84,6 +86,20 @@ class PackedLinear(nn.Module):
         return y.to(x.dtype)
 
 
+def native_bf16() -> bool:
+    """Whether this CPU multiplies bfloat16 in hardware (AVX512-BF16 or AMX)."""
+    cpu = torch.cpu
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(cpu, name, lambda: False)() for name in checks)
+
+
+def resolve_quantize(kind: str) -> str:
+    """`auto` -> bf16 where the CPU multiplies bfloat16 natively, else none; others as given."""
+    if kind != "auto":
+        return kind
+    return "bf16" if native_bf16() and _packing() else "none"
+
+
 LAYERS = {
     "none": PackedLinear,
     "int8": Int8Linear,
@@ -92,10 +108,18 @@ LAYERS = {
 
 
 def cpu_inference_copy(model: nn.Module, kind: str = "none") -> nn.Module:
-    """A copy of `model` on the CPU, in eval mode, with every nn.Linear made a `kind` layer:
-    none (float32, packed), int8 or bf16."""
+    """A copy of `model` on the CPU, in eval mode, with the attention projections fused
+    (`Attention.fuse`) and every nn.Linear made a `kind` layer: none (float32, packed), int8
+    or bf16."""
+    from lanmt_cli.layers import Layer
+
     layer = LAYERS[kind]
     copied = copy.deepcopy(model).cpu().eval()
+    for block in copied.modules():
+        if isinstance(block, Layer):
+            block.self_attn.fuse(self_attention=True)
+            if block.cross_attn is not None:
+                block.cross_attn.fuse(self_attention=False)
     for module in list(copied.modules()):
         for name, child in list(module.named_children()):
             if isinstance(child, nn.Linear):

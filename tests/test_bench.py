@@ -18,6 +18,7 @@ from typer.testing import CliRunner
 
 from lanmt_cli.app import app
 from lanmt_cli.bench import latency_stats, parse_spec, speedup_interval
+from lanmt_cli.quantize import native_bf16
 
 ROOT = Path(__file__).resolve().parent.parent
 DECODERS = ["one-shot", "refine1", "latent-search:samples=4", "teacher-rescore:samples=4"]
@@ -81,8 +82,10 @@ def test_every_decoder_gets_a_row(run):
         "float32",
     )
     assert rows[-1]["options"]["backend"] == "ctranslate2"  # teacher-rescore scores on it
+    nat = "bf16" if native_bf16() else "float32"  # quantize=auto, the default
     for r in rows[1:-1]:
-        assert (r["options"]["backend"], r["options"]["compute_type"]) == ("torch", "float32")
+        assert r["options"]["quantize"] == "auto"
+        assert (r["options"]["backend"], r["options"]["compute_type"]) == ("torch", nat)
     assert table_row(stdout, "beam")[-1] == "ctranslate2 float32"
     header = table_row(stdout, "decoding")
     assert header[:4] == ["decoding", "BLEU", "BLEU intl lc", "chrF"]

@@ -266,8 +266,9 @@ def test_one_shot_length_beam_keeps_the_best_joint_score(bundle, sources):
     m = bundle.model
     src, _ = encode(bundle, sources[:10])
     n = 4
-    outs = registry.resolve("one-shot")[1](m, lengths=n).decode(src)
-    plain = registry.resolve("one-shot")[1](m).decode(src)
+    exact = {"quantize": "none"}  # float32, as the model's own computation below
+    outs = registry.resolve("one-shot")[1](m, lengths=n, **exact).decode(src)
+    plain = registry.resolve("one-shot")[1](m, **exact).decode(src)
     with torch.no_grad():
         source = m.encode_source(src)
         z = m.prior(source).mean
@@ -413,8 +414,8 @@ def test_refinement_stops_on_a_cycle_of_the_shipped_model():
     with torch.no_grad():
         _, _, passes = refine(m, source, first, scores, steps=100)
     assert passes <= 8
-    even = Refine(m, steps=40).decode(src)
-    odd = Refine(m, steps=41).decode(src)
+    even = Refine(m, steps=40, quantize="none").decode(src)
+    odd = Refine(m, steps=41, quantize="none").decode(src)
     assert [o.tokens for o in even] == [o.tokens for o in odd]
     for out, i in zip(even, cycling, strict=True):
         assert tuple(out.tokens) in orbits[i]
@@ -456,7 +457,7 @@ def test_cpu_inference_copies_keep_accuracy(bundle, tiny_task, kind, layer, dtyp
         assert dtype is None or project.dtype == dtype
         assert bundle.model.project.__class__ is torch.nn.Linear  # the loaded model untouched
         assert accuracy(low, tiny_task) >= exact - 0.04
-    expected = "quantize of decoder refine takes one of none, int8, bf16"
+    expected = "quantize of decoder refine takes one of auto, none, int8, bf16"
     with pytest.raises(LanmtError, match=expected):
         registry.resolve("refine", {"quantize": "int4"})
 
@@ -473,6 +474,31 @@ def test_packed_float32_linear_computes_what_linear_does():
         torch.testing.assert_close(packed(x[i : i + 1]), packed(x)[i : i + 1], atol=1e-6, rtol=0)
 
 
+def test_fused_attention_projections_compute_what_separate_ones_do():
+    import copy
+
+    from lanmt_cli.layers import Layer, causal_mask, key_mask
+
+    torch.manual_seed(0)
+    layer = Layer(16, 2, 32, 0.0, cross=True).eval()
+    fused = copy.deepcopy(layer)
+    fused.self_attn.fuse(self_attention=True)
+    fused.cross_attn.fuse(self_attention=False)
+    assert fused.self_attn.k is None and fused.cross_attn.v is None  # one product each
+    x, memory = torch.randn(3, 5, 16), torch.randn(3, 7, 16)
+    valid = torch.rand(3, 7) > 0.3
+    valid[:, 0] = True
+    masks = (causal_mask(torch.ones(3, 5, dtype=torch.bool)), memory, key_mask(valid))
+    with torch.no_grad():
+        torch.testing.assert_close(fused(x, *masks), layer(x, *masks), atol=1e-5, rtol=1e-5)
+        fused_cache, cache = {}, {}  # incremental decoding projects k, v from the fused weights
+        for t in range(2):
+            step = (x[:, t : t + 1], None, memory, key_mask(valid))
+            torch.testing.assert_close(
+                fused(*step, cache=fused_cache), layer(*step, cache=cache), atol=1e-5, rtol=1e-5
+            )
+
+
 def test_a_new_decoder_sees_a_model_that_has_changed_since_the_last(bundle, sources):
     """Validation during training makes a decoder per check: no stale inference copy."""
     from lanmt_cli.decoders.one_shot import OneShot
@@ -486,6 +512,23 @@ def test_a_new_decoder_sees_a_model_that_has_changed_since_the_last(bundle, sour
         model.project.bias.add_(torch.randn_like(model.project.bias) * 100)
     after = OneShot(model).decode(src)
     assert [o.tokens for o in after] != [o.tokens for o in before]
+
+
+def test_quantize_auto_is_bf16_only_where_the_cpu_multiplies_bfloat16(bundle, monkeypatch):
+    from pathlib import Path
+
+    from lanmt_cli import quantize
+
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():  # the probe agrees with the kernel's CPU flags
+        flags = set(cpuinfo.read_text().split())
+        assert quantize.native_bf16() == bool({"avx512_bf16", "amx_tile"} & flags)
+    for native, dtype in ((True, torch.bfloat16), (False, torch.float32)):
+        monkeypatch.setattr(quantize, "native_bf16", lambda native=native: native)
+        decoder = Translator(bundle, "refine1").decoder
+        assert decoder.options["quantize"] == "auto"
+        assert decoder.model.project.dtype == dtype
+        assert decoder.compute_type == str(dtype).removeprefix("torch.").replace("bfloat", "bf")
 
 
 @pytest.mark.parametrize("name", ["one-shot", "refine1"])
