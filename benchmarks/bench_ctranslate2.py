@@ -7,9 +7,9 @@ test_2016_flickr of Multi30k (en-de). Rows: CTranslate2 greedy and beam 3 in flo
 a direct CTranslate2 call (no lanmt code around it) for beam 3, lanmt's own PyTorch greedy
 and beam 3, one-shot and refine1 (their default, quantize=auto, and with --quantize int8,
 float32 and bf16). Columns: BLEU (sacreBLEU 13a, cased), mean ms per sentence decoded alone
-(the first --latency sentences,
-systems taking turns per sentence), seconds to translate the set in 4,096-token batches
-(two repeats) and in batches of 64 sentences (sorted by length). Prints a Markdown table.
+(the first --latency sentences, systems taking turns per sentence), seconds to translate the
+set in 4,096-token batches (two repeats) and in batches of 64 sentences (sorted by length).
+Prints a Markdown table.
 """
 
 from __future__ import annotations

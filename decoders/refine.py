@@ -128,7 +128,9 @@ class NATDecoder(Decoder):
             self.model = cpu_inference_copy(model, kind)
             self.compute_type = "float32" if kind == "none" else kind
         elif kind in ("auto", "none"):
-            self.compute_type = str(next(model.parameters()).dtype).removeprefix("torch.")
+            from lanmt_cli.quantize import dtype_name
+
+            self.compute_type = dtype_name(model)
         else:
             raise OptionError(f"option quantize={kind} of decoder {self.name} runs on a CPU only")
 

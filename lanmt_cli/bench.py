@@ -447,9 +447,12 @@ def runtime_options(tr: Translator) -> dict[str, Any]:
         if requested != options["compute_type"]:
             options["compute_type_requested"] = requested
     else:
-        options.setdefault("backend", "torch")
-        dtype = str(next(tr.decoder.model.parameters()).dtype).removeprefix("torch.")
-        options["compute_type"] = getattr(tr.decoder, "compute_type", dtype)
+        from lanmt_cli.quantize import dtype_name
+
+        options.setdefault("backend", "torch")  # NAT decoders know theirs; the teacher its dtype
+        options["compute_type"] = getattr(tr.decoder, "compute_type", None) or dtype_name(
+            tr.decoder.model
+        )
     return options
 
 

@@ -25,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lanmt_cli.layers import Layer
+
 
 class Int8Linear(nn.Module):
     """A Linear layer computing in int8: per-channel weight scales, per-row input scales."""
@@ -93,6 +95,11 @@ def native_bf16() -> bool:
     return any(getattr(cpu, name, lambda: False)() for name in checks)
 
 
+def dtype_name(model: nn.Module) -> str:
+    """The dtype of a model's parameters: float32, float16, bfloat16."""
+    return str(next(model.parameters()).dtype).removeprefix("torch.")
+
+
 def resolve_quantize(kind: str) -> str:
     """`auto` -> bf16 where the CPU multiplies bfloat16 natively, else none; others as given."""
     if kind != "auto":
@@ -111,8 +118,6 @@ def cpu_inference_copy(model: nn.Module, kind: str = "none") -> nn.Module:
     """A copy of `model` on the CPU, in eval mode, with the attention projections fused
     (`Attention.fuse`) and every nn.Linear made a `kind` layer: none (float32, packed), int8
     or bf16."""
-    from lanmt_cli.layers import Layer
-
     layer = LAYERS[kind]
     copied = copy.deepcopy(model).cpu().eval()
     for block in copied.modules():

@@ -161,13 +161,14 @@ def translate_ids(
 def decoder_fn(model, spec: str):
     """`decode(src, tgt)` through the registered decoder `spec` (e.g. refine1).
 
-    A decoder that can quantize decodes in float32 unless `spec` says otherwise, so that
-    validation figures compare across machines and with earlier runs."""
+    A decoder that can quantize decodes in float32 where it would pick for itself
+    (`quantize=auto`), so that validation figures compare across machines and with earlier
+    runs."""
     from lanmt_cli.registry import resolve
 
-    _, cls, _ = resolve(spec)
-    float32 = {"quantize": "none"} if any(o.name == "quantize" for o in cls.option_specs) else {}
-    _, cls, options = resolve(spec, float32)
+    _, cls, options = resolve(spec)
+    if options.get("quantize") == "auto":
+        options["quantize"] = "none"
     decoder = cls(model, **options)
     return lambda src, _tgt: [o.tokens for o in decoder.decode(src)]
 
