@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lanmt_cli.errors import LanmtError
 from lanmt_cli.layers import Layer
 
 
@@ -101,10 +102,19 @@ def dtype_name(model: nn.Module) -> str:
 
 
 def resolve_quantize(kind: str) -> str:
-    """`auto` -> bf16 where the CPU multiplies bfloat16 natively, else none; others as given."""
-    if kind != "auto":
-        return kind
-    return "bf16" if native_bf16() and _packing() else "none"
+    """`auto` -> bf16 where the CPU multiplies bfloat16 natively, else none; others as given.
+
+    bf16 on a CPU without AVX512-BF16 or AMX is refused with one line (oneDNN cannot pack
+    bfloat16 weights there, and unpacked bfloat16 products are many times slower than float32).
+    """
+    if kind == "auto":
+        return "bf16" if native_bf16() and _packing() else "none"
+    if kind == "bf16" and not native_bf16():
+        raise LanmtError(
+            "quantize=bf16 needs a CPU that multiplies bfloat16 in hardware (AVX512-BF16 or AMX), "
+            "and this one does not: use quantize=auto or none"
+        )
+    return kind
 
 
 LAYERS = {

@@ -13,6 +13,7 @@ from lanmt_cli.decoders.refine import Refine, refine
 from lanmt_cli.decoding import Decoder, Option, OptionError, content_seed, decode_latent, pad_tokens
 from lanmt_cli.errors import LanmtError
 from lanmt_cli.postprocess import clean_ids
+from lanmt_cli.quantize import native_bf16
 from lanmt_cli.search import beam_search, greedy_search
 from lanmt_cli.translator import Translator
 from tests.tiny import pad
@@ -442,11 +443,16 @@ def test_refine_beyond_the_step_limit_is_one_clear_line(tiny_bundle):
 
 # --- int8 and bfloat16 NAT model --------------------------------------------------------------
 
+NEEDS_BF16 = pytest.mark.skipif(
+    not native_bf16(),
+    reason="bf16 decoding needs a CPU that multiplies bfloat16 (AVX512-BF16 or AMX)",
+)
+
 
 @pytest.mark.parametrize(
     ("kind", "layer", "dtype"),
     [("none", "PackedLinear", torch.float32), ("int8", "Int8Linear", None),
-     ("bf16", "PackedLinear", torch.bfloat16)],
+     pytest.param("bf16", "PackedLinear", torch.bfloat16, marks=NEEDS_BF16)],
 )  # fmt: skip
 def test_cpu_inference_copies_keep_accuracy(bundle, tiny_task, kind, layer, dtype):
     exact = accuracy(Translator(bundle, "one-shot"), tiny_task)
@@ -523,14 +529,25 @@ def test_quantize_auto_is_bf16_only_where_the_cpu_multiplies_bfloat16(bundle, mo
     if cpuinfo.is_file():  # the probe agrees with the kernel's CPU flags
         flags = set(cpuinfo.read_text().split())
         assert quantize.native_bf16() == bool({"avx512_bf16", "amx_tile"} & flags)
-    for native, dtype in ((True, torch.bfloat16), (False, torch.float32)):
-        monkeypatch.setattr(quantize, "native_bf16", lambda native=native: native)
-        decoder = Translator(bundle, "refine1").decoder
-        assert decoder.options["quantize"] == "auto"
-        assert decoder.model.project.dtype == dtype
-        assert decoder.compute_type == str(dtype).removeprefix("torch.").replace("bfloat", "bf")
+    native = quantize.native_bf16()
+    decoder = Translator(bundle, "refine1").decoder
+    assert decoder.options["quantize"] == "auto"
+    assert decoder.compute_type == ("bf16" if native else "float32")
+    assert decoder.model.project.dtype == (torch.bfloat16 if native else torch.float32)
+    for cpu_native, kind in ((True, "bf16"), (False, "none")):  # both answers, on any CPU
+        monkeypatch.setattr(quantize, "native_bf16", lambda cpu_native=cpu_native: cpu_native)
+        assert quantize.resolve_quantize("auto") == kind
 
 
+def test_bf16_on_a_cpu_without_it_is_one_clear_error(bundle, monkeypatch, tmp_path):
+    from lanmt_cli import quantize
+
+    monkeypatch.setattr(quantize, "native_bf16", lambda: False)
+    with pytest.raises(LanmtError, match="quantize=bf16 needs a CPU that multiplies bfloat16"):
+        Translator(bundle, "one-shot", {"quantize": "bf16"})
+
+
+@NEEDS_BF16
 @pytest.mark.parametrize("name", ["one-shot", "refine1"])
 def test_bf16_decodes_each_sentence_the_same_in_any_batch(bundle, sources, name):
     tr = Translator(bundle, name, {"quantize": "bf16"}, batch_tokens=100_000)

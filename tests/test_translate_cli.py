@@ -15,6 +15,7 @@ import pytest
 from typer.testing import CliRunner
 
 from lanmt_cli.app import app
+from lanmt_cli.quantize import native_bf16
 from tests.processes import cli
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -280,3 +281,15 @@ def test_translate_module_imports_no_torch():
         "print('torch' in sys.modules)"  # fmt: skip
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert out.stdout.strip() == "False", out.stderr
+
+
+@pytest.mark.skipif(native_bf16(), reason="this CPU multiplies bfloat16: quantize=bf16 runs here")
+def test_bf16_where_the_cpu_cannot_is_one_line_in_a_real_process(tiny_bundle):
+    args = ("translate", "-m", tiny_bundle, "-d", "one-shot", "--opt", "quantize=bf16")
+    proc = cli(*args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    out, err = proc.communicate(b"a b c\n", timeout=120)
+    assert proc.returncode == 1 and out == b""
+    assert err.decode().strip().splitlines() == [
+        "error: quantize=bf16 needs a CPU that multiplies bfloat16 in hardware "
+        "(AVX512-BF16 or AMX), and this one does not: use quantize=auto or none"
+    ]
