@@ -1,12 +1,13 @@
-"""Issue 12's table: the teacher on CTranslate2 and on PyTorch beside lanmt's NAT decoders.
+"""The teacher on CTranslate2 and on PyTorch beside lanmt's NAT decoders, in one process.
 
     python benchmarks/bench_ctranslate2.py [--threads 2] [--sentences 1000] [--latency 200]
 
 One process, one loaded model, the same threads for every system (torch and CTranslate2),
 test_2016_flickr of Multi30k (en-de). Rows: CTranslate2 greedy and beam 3 in float32 and int8,
 a direct CTranslate2 call (no lanmt code around it) for beam 3, lanmt's own PyTorch greedy
-and beam 3, one-shot and refine1 (their default, quantize=auto, and with --quantize int8,
-float32 and bf16). Columns: BLEU (sacreBLEU 13a, cased), mean ms per sentence decoded alone
+and beam 3, one-shot and refine1 (their default, compute_type=auto, and with --quantize
+int8 on ONNX Runtime, float32 on PyTorch and bfloat16 on PyTorch where the CPU has it).
+Columns: BLEU (sacreBLEU 13a, cased), mean ms per sentence decoded alone
 (the first --latency sentences, systems taking turns per sentence), seconds to translate the
 set in 4,096-token batches (two repeats) and in batches of 64 sentences (sorted by length).
 Prints a Markdown table.
@@ -25,18 +26,20 @@ SYSTEMS = [  # (row label, decoder, options)
     ("CTranslate2 beam 3, int8", "beam", {"compute_type": "int8"}),
     ("lanmt teacher greedy (PyTorch)", "beam", {"beam": 1, "backend": "torch"}),
     ("lanmt teacher beam 3 (PyTorch)", "beam", {"backend": "torch"}),
-    ("lanmt one-shot (quantize=auto)", "one-shot", {}),
-    ("lanmt refine1 (quantize=auto)", "refine", {"steps": 1}),
+    ("lanmt one-shot (compute_type=auto)", "one-shot", {}),
+    ("lanmt refine1 (compute_type=auto)", "refine", {"steps": 1}),
     ("lanmt teacher-rescore, length beam 5", "teacher-rescore",
      {"samples": 1, "noise": 0.0, "steps": 0, "lengths": 5, "normalize": True}),
 ]  # fmt: skip
 QUANTIZED = [
-    ("lanmt one-shot, int8", "one-shot", {"quantize": "int8"}),
-    ("lanmt refine1, int8", "refine", {"steps": 1, "quantize": "int8"}),
-    ("lanmt one-shot, fp32", "one-shot", {"quantize": "none"}),
-    ("lanmt refine1, fp32", "refine", {"steps": 1, "quantize": "none"}),
-    ("lanmt one-shot, bf16", "one-shot", {"quantize": "bf16"}),
-    ("lanmt refine1, bf16", "refine", {"steps": 1, "quantize": "bf16"}),
+    ("lanmt one-shot, int8", "one-shot", {"compute_type": "int8"}),
+    ("lanmt refine1, int8", "refine", {"steps": 1, "compute_type": "int8"}),
+    ("lanmt one-shot, PyTorch fp32", "one-shot", {"runtime": "torch", "compute_type": "float32"}),
+    ("lanmt refine1, PyTorch fp32", "refine", {"steps": 1, "runtime": "torch"}),
+]
+BF16 = [  # where the CPU multiplies bfloat16
+    ("lanmt one-shot, PyTorch bf16", "one-shot", {"compute_type": "bfloat16"}),
+    ("lanmt refine1, PyTorch bf16", "refine", {"steps": 1, "compute_type": "bfloat16"}),
 ]
 
 
@@ -60,7 +63,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     test_set_options(parser, sentences=1000, latency=200)
     parser.add_argument("--repeats", type=int, default=2, help="runs in 4,096-token batches")
-    parser.add_argument("--quantize", action="store_true", help="also int8 and bf16 NAT rows")
+    parser.add_argument(
+        "--quantize", action="store_true", help="also int8, PyTorch and bf16 NAT rows"
+    )
     args = parser.parse_args()
 
     import sacrebleu
@@ -74,7 +79,9 @@ def main() -> None:
     src = read(args.data / "test_2016_flickr.en.gz", args.sentences)
     ref = read(args.data / "test_2016_flickr.de.gz", args.sentences)
     bundle = load_bundle(args.model)
-    systems = SYSTEMS + (QUANTIZED if args.quantize else [])
+    from lanmt_cli.quantize import native_bf16
+
+    systems = SYSTEMS + (QUANTIZED + (BF16 if native_bf16() else []) if args.quantize else [])
     systems = [s for s in systems if _available(registry, s)]
     translators = {label: Translator(bundle, name, opts) for label, name, opts in systems}
     ids = next(iter(translators.values())).encode(src)

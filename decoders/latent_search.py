@@ -14,14 +14,17 @@ import torch
 from torch import Tensor
 
 from lanmt_cli.config import PAD
-from lanmt_cli.decoders.refine import (
+from lanmt_cli.decoding import (
     LENGTHS_OPTION,
-    QUANTIZE_OPTION,
+    RUNTIME_OPTIONS,
     NATDecoder,
+    Option,
+    Output,
+    content_seed,
+    decode_latent,
     length_beam,
     refine,
 )
-from lanmt_cli.decoding import Option, Output, content_seed, decode_latent
 
 Candidates = list[tuple[list[int], float]]  # (tokens, score) per candidate of one sentence
 
@@ -75,7 +78,7 @@ class LatentSearch(NATDecoder):
         Option("steps", int, 1, "refinement steps for each sample", minimum=0),
         Option("nbest", int, 5, "distinct candidates kept with their scores (jsonl)", minimum=0),
         LENGTHS_OPTION,
-        QUANTIZE_OPTION,
+        *RUNTIME_OPTIONS,
     )
     numbered_option = "samples"
     max_expanded_tokens = 8192  # source tokens times samples per forward pass

@@ -9,20 +9,21 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from lanmt_cli.decoders.refine import (
+from lanmt_cli.decoding import (
     LENGTHS_OPTION,
-    QUANTIZE_OPTION,
+    RUNTIME_OPTIONS,
     NATDecoder,
+    Output,
     best_of,
+    decode_latent,
     length_beam,
 )
-from lanmt_cli.decoding import Output, decode_latent
 
 
 class OneShot(NATDecoder):
     name = "one-shot"
     help = "Decode once from the prior mean (fastest)."
-    option_specs = (LENGTHS_OPTION, QUANTIZE_OPTION)
+    option_specs = (LENGTHS_OPTION, *RUNTIME_OPTIONS)
 
     @torch.no_grad()
     def decode(self, src: Tensor, seeds: list[int] | None = None) -> list[Output]:

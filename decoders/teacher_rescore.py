@@ -4,7 +4,8 @@ The distinct (post-processed) candidates of every sentence are scored with log p
 EOS included, by teacher forcing (no search): on CTranslate2's `score_batch` by default, or in
 one batched PyTorch forward pass (`backend=torch`). The highest wins; with `normalize=true`
 the score is per token (EOS counted), as candidates of different lengths (`lengths=N`) need.
-The candidates reported carry the teacher's scores.
+The candidates reported carry the teacher's scores. One `compute_type` sets both models'
+precision (`auto`: the NAT model's fastest, the teacher's own type).
 
 Its defaults are a length beam, not sampling: the prior mean (the first sample always is) at
 each of the 5 most likely lengths, each refined once, ranked per token (`samples=1,lengths=5,
@@ -35,15 +36,21 @@ class TeacherRescore(LatentSearch):
         *(dataclasses.replace(o, default=DEFAULTS.get(o.name, o.default))
           for o in LatentSearch.option_specs),
         Option("normalize", bool, True, "rank by the teacher's score per token (EOS counted)"),
-        *BACKEND_OPTIONS,
+        BACKEND_OPTIONS[0],  # the teacher's runtime; compute_type is the NAT model's (above)
     )  # fmt: skip
     needs_teacher = True
 
     @classmethod
     def check_options(cls, options):
         checked = super().check_options(options)
-        check_backend_options(checked)
+        check_backend_options({**checked, "compute_type": cls.teacher_compute_type(checked)})
         return checked
+
+    @staticmethod
+    def teacher_compute_type(options) -> str:
+        """The teacher's CTranslate2 type for the decoder's compute_type: the same, except
+        that `auto` (the NAT model's fastest) scores in the teacher's stored type."""
+        return "default" if options["compute_type"] == "auto" else options["compute_type"]
 
     def rank(self, src: Tensor, cands: list[Candidates]) -> list[Candidates]:
         lengths = (src != PAD).sum(1).tolist()
@@ -65,7 +72,8 @@ class TeacherRescore(LatentSearch):
         """log p_AR(ys[j] | src[rows[j]]), EOS included, for every candidate j."""
         o = self.options
         if o["backend"] == "ctranslate2":
-            return teacher_scores(self.teacher, src, rows, ys, "ctranslate2", o["compute_type"])
+            compute_type = self.teacher_compute_type(o)
+            return teacher_scores(self.teacher, src, rows, ys, "ctranslate2", compute_type)
         scores: list[float] = []  # PyTorch: sentences in chunks, as they were decoded
         start = 0
         for a, b in chunks(lengths, o["samples"] * o["lengths"], self.max_expanded_tokens):

@@ -436,23 +436,32 @@ def bench(
 
 
 def runtime_options(tr: Translator) -> dict[str, Any]:
-    """The decoder's options plus what it ran on: `backend` and the actual `compute_type`."""
+    """The decoder's options plus what it ran on: `runtime`, the engine and precision of each
+    model it ran (e.g. "onnx float32 + ctranslate2 float32"), and the NAT model's actual
+    `compute_type` (`compute_type_requested` where that differs)."""
     options = dict(tr.options)
+    requested = options.get("compute_type")
+    parts = []
+    if tr.decoder.runtime is not None:  # the NAT model's
+        options["compute_type"] = tr.decoder.runtime.compute_type
+        parts.append(tr.decoder.runtime.label)
     if options.get("backend") == "ctranslate2":
         from lanmt_cli import ct2
 
         model = tr.decoder.teacher if tr.decoder_class.needs_teacher else tr.decoder.model
-        requested = options["compute_type"]
-        options["compute_type"] = ct2.engine_for(model, requested).translator.compute_type
-        if requested != options["compute_type"]:
-            options["compute_type_requested"] = requested
-    else:
+        wanted = getattr(tr.decoder_class, "teacher_compute_type", lambda o: o["compute_type"])
+        actual = ct2.engine_for(model, wanted(tr.options)).translator.compute_type
+        parts.append(f"ctranslate2 {actual}")
+        if tr.decoder.runtime is None:
+            options["compute_type"] = actual
+    elif options.get("backend") == "torch" or tr.decoder.runtime is None:
         from lanmt_cli.quantize import dtype_name
 
-        options.setdefault("backend", "torch")  # NAT decoders know theirs; the teacher its dtype
-        options["compute_type"] = getattr(tr.decoder, "compute_type", None) or dtype_name(
-            tr.decoder.model
-        )
+        model = tr.decoder.teacher if tr.decoder_class.needs_teacher else tr.decoder.model
+        parts.append(f"torch {dtype_name(model)}")
+    if requested is not None and requested != options["compute_type"]:
+        options["compute_type_requested"] = requested
+    options["runtime"] = " + ".join(parts)
     return options
 
 

@@ -49,7 +49,7 @@ def columns(report: Report) -> tuple[list[str], list[list[str]]]:
             )
         t = r.throughput
         row += [f"{t.sentences_per_s:.1f}", f"{t.tokens_per_s:.0f}", _x(t.speedup)]
-        row += [f"{r.options.get('backend', '?')} {r.options.get('compute_type', '?')}"]
+        row += [r.options.get("runtime", "?")]
         cells.append(row)
     return header, cells
 
@@ -92,10 +92,10 @@ def notes(report: Report) -> list[str]:
         f"Speed-up: time of {report.baseline.label} / time of the decoder, both measured "
         "in this one run on this machine; absolute times hold for this device only."
     )
-    if env["device"] == "cpu" and {r.options.get("backend") for r in report.rows} >= {
-        "torch",
-        "ctranslate2",
-    }:
+    engines = {
+        part.split()[0] for r in report.rows for part in r.options.get("runtime", "").split(" + ")
+    }
+    if env["device"] == "cpu" and {"torch", "ctranslate2"} <= engines:
         lines.append(
             "PyTorch and CTranslate2 ran in one process, where they share one OpenMP runtime "
             "and slow each other on the CPU; benchmarks/bench_separate.py measures each alone."
@@ -103,7 +103,7 @@ def notes(report: Report) -> list[str]:
     q = report.rows[0].quality
     if q:
         lines.append(
-            f"BLEU: sacreBLEU {q.bleu_signature}; BLEU intl lc (the seed's variant): "
+            f"BLEU: sacreBLEU {q.bleu_signature}; BLEU intl lc (the paper's variant): "
             f"{q.bleu_intl_lc_signature}; chrF: {q.chrf_signature}."
         )
     return lines

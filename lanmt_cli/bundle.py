@@ -159,6 +159,7 @@ class Bundle:
     tokenizer: Tokenizer
     device: str = "cpu"
     _teacher: Bundle | None = field(default=None, repr=False)
+    _runtimes: dict = field(default_factory=dict, repr=False)
 
     @property
     def kind(self) -> str:
@@ -178,6 +179,16 @@ class Bundle:
         if self._teacher is None and self.teacher_path is not None:
             self._teacher = load_bundle(self.teacher_path, device=self.device)
         return self._teacher
+
+    def nat_runtime(self, runtime: str = "auto", compute_type: str = "auto", threads: int = 1):
+        """The LaNMT model's `lanmt_cli.runtime.NATRuntime`, built once per engine, type and
+        thread count: every decoder of a loaded model shares it."""
+        from lanmt_cli import runtime as nat
+
+        key = (*nat.resolve(self.model, runtime, compute_type), threads)
+        if key not in self._runtimes:
+            self._runtimes[key] = nat.build(self.model, runtime, compute_type, threads)
+        return self._runtimes[key]
 
 
 def build_model(config):

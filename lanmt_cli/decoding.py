@@ -11,8 +11,12 @@ teacher where `model_kind = "transformer"`), the teacher where it `needs_teacher
 (`self.teacher`), and its checked option values (`self.options`, a dict by option name).
 The helpers below are the steps the built-in decoders are made of: `decode_latent` (length,
 then argmax tokens from latents z, through `LaNMT.best_tokens`), `pad_tokens`,
-`content_seed`, and the teacher's search and scoring on either runtime (`teacher_search`,
-`teacher_scores`).
+`content_seed`, the LaNMT search steps (`NATDecoder`, the base of a non-autoregressive
+decoder with the `runtime` and `compute_type` options; `length_beam`, `best_of`, `refine`),
+and the teacher's search and scoring on either runtime (`teacher_search`, `teacher_scores`).
+A non-autoregressive decoder searches over `self.model`'s step methods (`encode_source`,
+`prior`, `posterior`, `length_logits`, `predict_length`, `best_tokens`), which the runtime
+(`lanmt_cli.runtime`: ONNX Runtime or PyTorch) provides; it never picks an engine itself.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from lanmt_cli.padding import pad_tokens
 
 if TYPE_CHECKING:
     from lanmt_cli.model import LaNMT, Source
+    from lanmt_cli.runtime import NATRuntime
     from lanmt_cli.teacher import Transformer
 
 _TRUE = {"1", "true", "yes", "on"}
@@ -120,16 +125,20 @@ class Decoder:
     # Post-processing collapses runs of one token (the typical NAT repetition).
     collapse_repeats: ClassVar[bool] = True
 
-    model: LaNMT | Transformer  # the model of kind `model_kind`
+    model: LaNMT | Transformer  # the model of kind `model_kind` (or its runtime's step object)
+    runtime: NATRuntime | None  # what `Translator` built for a LaNMT model: engine, precision
     teacher: Transformer | None  # the autoregressive teacher, where `needs_teacher`
     options: dict[str, Any]  # the value of every option in `option_specs`
 
     def __init__(
         self, model: LaNMT | Transformer, teacher: Transformer | None = None, **options: Any
     ):
-        self.model = model
-        self.teacher = teacher
+        from lanmt_cli.runtime import NATRuntime
+
         self.options = self.check_options(options)
+        self.runtime = model if isinstance(model, NATRuntime) else None
+        self.model = model.model if isinstance(model, NATRuntime) else model
+        self.teacher = teacher
 
     @classmethod
     def check_options(cls, options: dict[str, Any]) -> dict[str, Any]:
@@ -198,6 +207,146 @@ def decode_latent(
         scores = scores + length_logp
     rows = tokens.tolist()
     return [row[: int(n)] for row, n in zip(rows, lengths.tolist(), strict=True)], scores.tolist()
+
+
+# --- LaNMT: the search steps of the built-in decoders, for any NAT decoder -----------------
+
+MAX_STEPS = 100  # refinement converges or cycles within a few steps; more is a mistake
+MAX_LENGTHS = 20  # length-beam width limit
+
+
+def refine(
+    model,
+    source,
+    tokens: list[list[int]],
+    scores: list[float],
+    steps: int,
+    ranks: Tensor | None = None,
+    groups: list[int] | None = None,
+) -> tuple[list[list[int]], list[float], int]:
+    """Up to `steps` delta-posterior steps on every row; a row stops once its output repeats
+    any earlier output of that row (a fixed point or a cycle).
+
+    ranks (B,): each row's length rank (see `decode_latent`); None: the most likely length.
+    groups: a sentence id per row; rows of one sentence with the same rank and output are
+    refined once (refinement is deterministic). Returns the refined tokens, their scores (of
+    the last pass each row took) and the number of passes taken.
+    """
+    tokens, scores = list(tokens), list(scores)
+    seen = [{tuple(t)} for t in tokens]  # every output each row has had
+    active = list(range(len(tokens)))  # rows still changing
+    groups = groups if groups is not None else list(range(len(tokens)))
+    rank_list = ranks.tolist() if ranks is not None else [0] * len(tokens)
+    passes = 0
+    for _ in range(steps):
+        if not active:
+            break
+        passes += 1
+        first: dict[tuple, int] = {}  # (sentence, rank, output) -> the row that computes it
+        for row in active:
+            first.setdefault((groups[row], rank_list[row], tuple(tokens[row])), row)
+        unique = list(first.values())
+        index = torch.tensor(unique, device=source.valid.device)
+        sub = source.select(index)
+        y = pad_tokens([tokens[i] for i in unique], source.valid.device)  # (b, Ly)
+        z = model.posterior(sub, y).mean  # (b, Lx, D)
+        sub_ranks = None if ranks is None else ranks[index]
+        new_tokens, new_scores = decode_latent(model, sub, z, sub_ranks)
+        result = dict(zip(unique, zip(new_tokens, new_scores, strict=True), strict=True))
+        still = []
+        for row in active:
+            new, score = result[first[groups[row], rank_list[row], tuple(tokens[row])]]
+            key = tuple(new)
+            if key not in seen[row]:
+                still.append(row)
+                seen[row].add(key)
+            tokens[row], scores[row] = list(new), score
+        active = still
+    return tokens, scores, passes
+
+
+def length_beam(b: int, lengths: int, device) -> tuple[Tensor | None, Tensor]:
+    """Rows for a length beam of width `lengths` over b rows: (ranks (b*N,) or None where
+    N = 1, and the row each comes from (b*N,))."""
+    rows = torch.arange(b, device=device).repeat_interleave(lengths)
+    if lengths == 1:
+        return None, rows
+    return torch.arange(lengths, device=device).repeat(b), rows
+
+
+def best_of(tokens: list, scores: list[float], n: int) -> list[Output]:
+    """The best-scoring of each consecutive group of n candidates, the others as candidates."""
+    outputs = []
+    for i in range(0, len(tokens), n):
+        group = list(zip(tokens[i : i + n], scores[i : i + n], strict=True))
+        order = sorted(range(n), key=lambda k: -group[k][1])  # ties: the more likely length
+        t, s = group[order[0]]
+        cands = [group[k] for k in order] if n > 1 else []
+        outputs.append(Output(list(t), s, cands))
+    return outputs
+
+
+LENGTHS_OPTION = Option(
+    "lengths", int, 1, "length beam: try the N most likely lengths, keep the best", minimum=1
+)
+COMPUTE_TYPE_OPTION = Option(
+    "compute_type",
+    str,
+    "auto",
+    "precision of the NAT model: auto (fastest that keeps its translations), default, float32, "
+    "int8, bfloat16 (CPUs with AVX512-BF16 or AMX)",
+)
+RUNTIME_OPTION = Option(
+    "runtime", str, "auto", "engine of the NAT model: auto (onnx on a CPU), onnx or torch"
+)
+RUNTIME_OPTIONS = (COMPUTE_TYPE_OPTION, RUNTIME_OPTION)
+
+
+class NATDecoder(Decoder):
+    """Shared by the LaNMT decoders: the checks of `steps` and `lengths`, and the runtime.
+
+    `model` is a built `lanmt_cli.runtime.NATRuntime` (what `Translator` passes: built once
+    per loaded model) or a LaNMT module, for which a runtime is built here from the options
+    `runtime` and `compute_type` (a model that is still training gets a fresh one with each
+    new decoder). The decoders search over `self.model`'s step methods whatever runs them.
+    """
+
+    engine: str  # onnx or torch
+    compute_type: str  # float32, int8 or bfloat16 on a CPU; the model's dtype on a GPU
+
+    def __init__(self, model, teacher=None, **options):
+        from lanmt_cli.runtime import build
+
+        super().__init__(model, teacher, **options)
+        if model is None:
+            return
+        if self.runtime is None:
+            self.runtime = build(model, self.options["runtime"], self.options["compute_type"])
+            self.model = self.runtime.model
+        self.engine, self.compute_type = self.runtime.engine, self.runtime.compute_type
+
+    @classmethod
+    def check_options(cls, options):
+        checked = super().check_options(options)
+        where = f"of decoder {cls.name}"
+        if checked.get("steps", 0) > MAX_STEPS:
+            raise OptionError(
+                f"option steps {where} must be at most {MAX_STEPS}, got {checked['steps']} "
+                "(refinement stops by itself once its output repeats)"
+            )
+        if checked.get("lengths", 1) > MAX_LENGTHS:
+            raise OptionError(
+                f"option lengths {where} must be at most {MAX_LENGTHS}, got {checked['lengths']}"
+            )
+        from lanmt_cli.runtime import COMPUTE_TYPES, RUNTIMES
+
+        for name, allowed in (("compute_type", COMPUTE_TYPES), ("runtime", RUNTIMES)):
+            if name in checked and checked[name] not in allowed:
+                raise OptionError(
+                    f"option {name} {where} takes one of {', '.join(allowed)}, "
+                    f"got {checked[name]!r}"
+                )
+        return checked
 
 
 # --- the autoregressive teacher: search and scoring --------------------------------------

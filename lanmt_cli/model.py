@@ -160,9 +160,12 @@ class LaNMT(nn.Module):
         """Logits (B, Ly, V) for every target position at once, Ly = max(lengths)."""
         return self.project(self.decoder_states(source, z, lengths))
 
-    def decoder_states(self, source: Source, z: Tensor, lengths: Tensor) -> Tensor:
-        """Final decoder states (B, Ly, H) for every target position, Ly = max(lengths)."""
-        ly = int(lengths.max())
+    def decoder_states(
+        self, source: Source, z: Tensor, lengths: Tensor, ly: int | None = None
+    ) -> Tensor:
+        """Final decoder states (B, Ly, H) for every target position, Ly = max(lengths) unless
+        given (an exported graph takes it from an input's shape)."""
+        ly = int(lengths.max()) if ly is None else ly
         w = length_weights(source.valid, lengths, ly, self.length_sigma)  # (B, Ly, Lx)
         h = torch.bmm(w.to(z.dtype), self.latent_proj(z))  # (B, Ly, H)
         pos = sinusoid(torch.arange(ly, device=z.device), h.size(-1)).to(h.dtype)

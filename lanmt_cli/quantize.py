@@ -1,6 +1,7 @@
-"""CPU inference copies of the NAT model: float32 with pre-packed weights, int8, bfloat16.
+"""PyTorch CPU inference copies of the NAT model: float32 with pre-packed weights, int8,
+bfloat16 (`runtime=torch`; `lanmt_cli.runtime` chooses between these and ONNX Runtime).
 
-float32 (`quantize=none`): every Linear layer hands its weight to oneDNN once, laid out for
+float32: every Linear layer hands its weight to oneDNN once, laid out for
 its matrix kernels, instead of having it packed again at every call; the products are the
 same float32 products (one-shot on 2 CPU threads: batch 1 1.2x, batched 1.2-1.4x faster, the
 same 1,000 translations of test_2016_flickr).
@@ -13,8 +14,9 @@ products are exact, so each token's result depends on that token alone.
 bfloat16: every Linear layer keeps pre-packed bfloat16 weights and multiplies bfloat16 inputs,
 returning float32; everything else (norms, attention, softmax) stays float32. On CPUs with
 AVX512-BF16 or AMX the matrix products run about twice as fast as float32, and the weights
-take half the cache; elsewhere they are slower. `auto`, the decoders' default, is bf16 on
-those CPUs and float32 on the others.
+take half the cache; elsewhere oneDNN cannot pack them, and `lanmt_cli.runtime` refuses
+bfloat16 there. On an AVX2 CPU the int8 layers are many times slower than float32: there
+ONNX Runtime's int8 (`lanmt_cli.onnx_nat`) is the one to use.
 """
 
 from __future__ import annotations
@@ -25,7 +27,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lanmt_cli.errors import LanmtError
 from lanmt_cli.layers import Layer
 
 
@@ -101,33 +102,17 @@ def dtype_name(model: nn.Module) -> str:
     return str(next(model.parameters()).dtype).removeprefix("torch.")
 
 
-def resolve_quantize(kind: str) -> str:
-    """`auto` -> bf16 where the CPU multiplies bfloat16 natively, else none; others as given.
-
-    bf16 on a CPU without AVX512-BF16 or AMX is refused with one line (oneDNN cannot pack
-    bfloat16 weights there, and unpacked bfloat16 products are many times slower than float32).
-    """
-    if kind == "auto":
-        return "bf16" if native_bf16() and _packing() else "none"
-    if kind == "bf16" and not native_bf16():
-        raise LanmtError(
-            "quantize=bf16 needs a CPU that multiplies bfloat16 in hardware (AVX512-BF16 or AMX), "
-            "and this one does not: use quantize=auto or none"
-        )
-    return kind
-
-
 LAYERS = {
-    "none": PackedLinear,
+    "float32": PackedLinear,
     "int8": Int8Linear,
-    "bf16": lambda linear: PackedLinear(linear, torch.bfloat16),
+    "bfloat16": lambda linear: PackedLinear(linear, torch.bfloat16),
 }
 
 
-def cpu_inference_copy(model: nn.Module, kind: str = "none") -> nn.Module:
+def cpu_inference_copy(model: nn.Module, kind: str = "float32") -> nn.Module:
     """A copy of `model` on the CPU, in eval mode, with the attention projections fused
-    (`Attention.fuse`) and every nn.Linear made a `kind` layer: none (float32, packed), int8
-    or bf16."""
+    (`Attention.fuse`) and every nn.Linear made a `kind` layer: float32 (packed), int8 or
+    bfloat16 (where the CPU multiplies it: `lanmt_cli.runtime` checks)."""
     layer = LAYERS[kind]
     copied = copy.deepcopy(model).cpu().eval()
     for block in copied.modules():

@@ -101,7 +101,12 @@ class Translator:
         self.tokenizer = decoding.tokenizer
         if threads:
             self.tokenizer.threads = threads
-        self.decoder: Decoder = cls(decoding.model, teacher_model, **self.options)
+        model = decoding.model
+        if cls.model_kind == "lanmt":  # the runtime, built once per loaded model
+            runtime = self.options.get("runtime", "auto")
+            compute_type = self.options.get("compute_type", "auto")
+            model = decoding.nat_runtime(runtime, compute_type, self.threads)
+        self.decoder: Decoder = cls(model, teacher_model, **self.options)
         limit = decoding.config.max_len
         if teacher_model is not None:
             limit = min(limit, teacher_model.config.max_len)

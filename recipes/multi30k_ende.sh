@@ -60,7 +60,7 @@ python "$(dirname "$0")/ship_default.py" "$WORK/run/lanmt/best" --teacher "$WORK
 # 7. the README's results table, measured on the shipped model and test_2016_flickr
 lanmt bench --src "$DATA/test_2016_flickr.en.gz" --ref "$DATA/test_2016_flickr.de.gz" --evaluate \
   -d beam -d beam1 -d beam:compute_type=int8 -d beam1:compute_type=int8 \
-  -d one-shot -d refine1 -d refine3 -d one-shot:quantize=none -d refine1:quantize=none \
-  -d one-shot:quantize=int8 -d refine1:quantize=int8 -d teacher-rescore -d teacher-rescore8 \
+  -d one-shot -d refine1 -d refine3 -d one-shot:compute_type=int8 -d refine1:compute_type=int8 \
+  -d one-shot:runtime=torch -d refine1:runtime=torch -d teacher-rescore -d teacher-rescore8 \
   --latency-sentences "$LATENCY_SENTENCES" --threads "$THREADS" --json "$WORK/bench.json" --markdown \
   | tee "$WORK/bench.md"

@@ -18,7 +18,6 @@ from typer.testing import CliRunner
 
 from lanmt_cli.app import app
 from lanmt_cli.bench import latency_stats, parse_spec, speedup_interval
-from lanmt_cli.quantize import native_bf16
 
 ROOT = Path(__file__).resolve().parent.parent
 DECODERS = ["one-shot", "refine1", "latent-search:samples=4", "teacher-rescore:samples=4"]
@@ -76,16 +75,16 @@ def test_every_decoder_gets_a_row(run):
     assert beam["decoder"] == "beam" and beam["options"]["beam"] == 3
     assert beam["model_kind"] == "transformer"  # the teacher's beam search
     assert rows[3]["options"]["samples"] == 4  # options from the spec reached the decoder
-    # every row says what it ran on: the teacher on CTranslate2, the NAT model on PyTorch
-    assert (beam["options"]["backend"], beam["options"]["compute_type"]) == (
-        "ctranslate2",
+    # every row says what it ran on: the teacher on CTranslate2, the NAT model on ONNX Runtime
+    assert (beam["options"]["runtime"], beam["options"]["compute_type"]) == (
+        "ctranslate2 float32",
         "float32",
     )
-    assert rows[-1]["options"]["backend"] == "ctranslate2"  # teacher-rescore scores on it
-    nat = "bf16" if native_bf16() else "float32"  # quantize=auto, the default
+    assert rows[-1]["options"]["runtime"] == "onnx float32 + ctranslate2 float32"  # rescore
     for r in rows[1:-1]:
-        assert r["options"]["quantize"] == "auto"
-        assert (r["options"]["backend"], r["options"]["compute_type"]) == ("torch", nat)
+        assert r["options"]["compute_type"] == "float32"  # compute_type=auto, resolved
+        assert r["options"]["compute_type_requested"] == "auto"
+        assert r["options"]["runtime"] == "onnx float32"
     assert table_row(stdout, "beam")[-1] == "ctranslate2 float32"
     header = table_row(stdout, "decoding")
     assert header[:4] == ["decoding", "BLEU", "BLEU intl lc", "chrF"]
@@ -93,7 +92,8 @@ def test_every_decoder_gets_a_row(run):
         assert len(table_row(stdout, r["label"])) == len(header)
     assert f"{N} of 50 sentences" in stdout and f"over {LATENCY} sentences" in stdout
     assert "measured in this one run on this machine" in stdout
-    assert "share one OpenMP runtime" in stdout  # both engines ran: the table says so
+    # only where PyTorch decoded beside CTranslate2 does the table warn of their shared OpenMP
+    assert "share one OpenMP runtime" not in stdout
 
 
 def test_printed_bleu_is_sacrebleu_on_the_written_translations(run, tiny_task):

@@ -9,8 +9,16 @@ import pytest
 import torch
 
 from lanmt_cli import registry
-from lanmt_cli.decoders.refine import Refine, refine
-from lanmt_cli.decoding import Decoder, Option, OptionError, content_seed, decode_latent, pad_tokens
+from lanmt_cli.decoders.refine import Refine
+from lanmt_cli.decoding import (
+    Decoder,
+    Option,
+    OptionError,
+    content_seed,
+    decode_latent,
+    pad_tokens,
+    refine,
+)
 from lanmt_cli.errors import LanmtError
 from lanmt_cli.postprocess import clean_ids
 from lanmt_cli.quantize import native_bf16
@@ -267,7 +275,7 @@ def test_one_shot_length_beam_keeps_the_best_joint_score(bundle, sources):
     m = bundle.model
     src, _ = encode(bundle, sources[:10])
     n = 4
-    exact = {"quantize": "none"}  # float32, as the model's own computation below
+    exact = {"runtime": "torch", "compute_type": "float32"}  # as the model's own computation
     outs = registry.resolve("one-shot")[1](m, lengths=n, **exact).decode(src)
     plain = registry.resolve("one-shot")[1](m, **exact).decode(src)
     with torch.no_grad():
@@ -415,8 +423,8 @@ def test_refinement_stops_on_a_cycle_of_the_shipped_model():
     with torch.no_grad():
         _, _, passes = refine(m, source, first, scores, steps=100)
     assert passes <= 8
-    even = Refine(m, steps=40, quantize="none").decode(src)
-    odd = Refine(m, steps=41, quantize="none").decode(src)
+    even = Refine(m, steps=40, runtime="torch", compute_type="float32").decode(src)
+    odd = Refine(m, steps=41, runtime="torch", compute_type="float32").decode(src)
     assert [o.tokens for o in even] == [o.tokens for o in odd]
     for out, i in zip(even, cycling, strict=True):
         assert tuple(out.tokens) in orbits[i]
@@ -441,7 +449,7 @@ def test_refine_beyond_the_step_limit_is_one_clear_line(tiny_bundle):
     assert ok.exit_code == 0 and ok.stdout.strip() == "hund rot"
 
 
-# --- int8 and bfloat16 NAT model --------------------------------------------------------------
+# --- runtimes: engines and compute types of the NAT model -----------------------------------
 
 NEEDS_BF16 = pytest.mark.skipif(
     not native_bf16(),
@@ -450,22 +458,111 @@ NEEDS_BF16 = pytest.mark.skipif(
 
 
 @pytest.mark.parametrize(
-    ("kind", "layer", "dtype"),
-    [("none", "PackedLinear", torch.float32), ("int8", "Int8Linear", None),
-     pytest.param("bf16", "PackedLinear", torch.bfloat16, marks=NEEDS_BF16)],
+    ("runtime", "kind", "layer"),
+    [("torch", "float32", "PackedLinear"), ("torch", "int8", "Int8Linear"),
+     pytest.param("torch", "bfloat16", "PackedLinear", marks=NEEDS_BF16),
+     ("onnx", "float32", None), ("onnx", "int8", None)],
 )  # fmt: skip
-def test_cpu_inference_copies_keep_accuracy(bundle, tiny_task, kind, layer, dtype):
-    exact = accuracy(Translator(bundle, "one-shot"), tiny_task)
+def test_every_runtime_keeps_accuracy(bundle, tiny_task, runtime, kind, layer):
+    exact = accuracy(Translator(bundle, "one-shot", {"runtime": "torch"}), tiny_task)
     for name in ("one-shot", "refine1"):
-        low = Translator(bundle, name, {"quantize": kind})
-        project = low.decoder.model.project
-        assert type(project).__name__ == layer
-        assert dtype is None or project.dtype == dtype
+        low = Translator(bundle, name, {"runtime": runtime, "compute_type": kind})
+        assert (low.decoder.engine, low.decoder.compute_type) == (runtime, kind)
+        if runtime == "torch":
+            project = low.decoder.model.project
+            assert type(project).__name__ == layer
+            if kind != "int8":
+                assert project.dtype == (torch.bfloat16 if kind == "bfloat16" else torch.float32)
+        else:
+            assert type(low.decoder.model).__name__ == "OnnxLaNMT"
         assert bundle.model.project.__class__ is torch.nn.Linear  # the loaded model untouched
         assert accuracy(low, tiny_task) >= exact - 0.04
-    expected = "quantize of decoder refine takes one of auto, none, int8, bf16"
+    expected = "compute_type of decoder refine takes one of auto, default, float32, int8"
     with pytest.raises(LanmtError, match=expected):
-        registry.resolve("refine", {"quantize": "int4"})
+        registry.resolve("refine", {"compute_type": "int4"})
+    with pytest.raises(LanmtError, match="runtime of decoder refine takes one of auto, onnx"):
+        registry.resolve("refine", {"runtime": "tvm"})
+
+
+@pytest.mark.parametrize("name", ["one-shot", "refine1"])
+def test_onnx_float32_gives_the_tokens_of_pytorch(bundle, sources, name):
+    ids = Translator(bundle, name).encode(sources[:40])
+    torch_out = Translator(bundle, name, {"runtime": "torch", "compute_type": "float32"})
+    onnx_out = Translator(bundle, name, {"runtime": "onnx", "compute_type": "float32"})
+    assert onnx_out.decoder.engine == "onnx"
+    for a, b in zip(torch_out.decode_batch(ids), onnx_out.decode_batch(ids), strict=True):
+        assert a.tokens == b.tokens
+        assert a.score == pytest.approx(b.score, abs=1e-3)
+
+
+def test_one_loaded_model_builds_each_runtime_once(bundle):
+    a = Translator(bundle, "one-shot", {"compute_type": "int8"})
+    b = Translator(bundle, "refine3", {"compute_type": "int8"})
+    c = Translator(bundle, "refine1", {"compute_type": "float32"})
+    assert a.decoder.runtime is b.decoder.runtime is not c.decoder.runtime
+
+
+def test_the_onnx_export_is_cached_and_a_damaged_file_is_exported_again(bundle, sources):
+    from lanmt_cli import onnx_nat
+
+    folder = onnx_nat.model_dir(bundle.model, "float32")
+    stamp = (folder / "tokens.float32.onnx").stat().st_mtime_ns
+    assert onnx_nat.model_dir(bundle.model, "float32") == folder  # found, not exported again
+    assert (folder / "tokens.float32.onnx").stat().st_mtime_ns == stamp
+    with open(folder / "tokens.float32.onnx", "r+b") as f:  # 4 KB of 0xff into the graph
+        f.seek(2048)
+        f.write(b"\xff" * 4096)
+    onnx = onnx_nat.OnnxLaNMT(bundle.model, "float32", 1)  # checksums differ: exported again
+    ids = Translator(bundle, "one-shot").encode(sources[:8])
+    tr = Translator(bundle, "one-shot", {"runtime": "torch", "compute_type": "float32"})
+    src = pad(ids)
+    with torch.no_grad():
+        source = onnx.encode_source(src)
+        tokens, _ = onnx.best_tokens(source, onnx.prior(source).mean, onnx.predict_length(
+            source, onnx.prior(source).mean))  # fmt: skip
+    expected = [o.tokens for o in tr.decode_batch(ids)]
+    assert [row[: len(e)] for row, e in zip(tokens.tolist(), expected, strict=True)] == expected
+
+
+def test_compute_type_auto_is_onnx_float32_on_a_cpu(bundle):
+    decoder = Translator(bundle, "refine1").decoder
+    assert decoder.options["compute_type"] == "auto"
+    assert (decoder.engine, decoder.compute_type) == ("onnx", "float32")
+    assert Translator(bundle, "refine1", {"runtime": "torch"}).decoder.compute_type == "float32"
+
+
+def test_bf16_on_a_cpu_without_it_is_one_clear_error(bundle, monkeypatch):
+    from lanmt_cli import quantize
+
+    monkeypatch.setattr(quantize, "native_bf16", lambda: False)
+    with pytest.raises(LanmtError, match="compute_type=bfloat16 needs a CPU that multiplies"):
+        Translator(bundle, "one-shot", {"compute_type": "bfloat16"})
+
+
+def test_the_cpu_probe_agrees_with_the_kernel():
+    from pathlib import Path
+
+    cpuinfo = Path("/proc/cpuinfo")
+    if not cpuinfo.is_file():
+        pytest.skip("no /proc/cpuinfo on this system")
+    flags = set(cpuinfo.read_text().split())
+    assert native_bf16() == bool({"avx512_bf16", "amx_tile"} & flags)
+
+
+@pytest.mark.parametrize(
+    ("runtime", "kind"),
+    [pytest.param("torch", "bfloat16", marks=NEEDS_BF16), ("onnx", "int8"), ("torch", "int8")],
+)
+@pytest.mark.parametrize("name", ["one-shot", "refine1"])
+def test_low_precision_decodes_each_sentence_the_same_in_any_batch(
+    bundle, sources, name, runtime, kind
+):
+    tr = Translator(bundle, name, {"runtime": runtime, "compute_type": kind}, batch_tokens=100_000)
+    ids = tr.encode(sources[:24])
+    together = tr.decode_batch(ids)
+    alone = [tr.decode_batch([i])[0] for i in ids]
+    assert [a.tokens for a in together] == [b.tokens for b in alone]
+    assert [a.score for a in together] == pytest.approx([b.score for b in alone], abs=0.05)
 
 
 def test_packed_float32_linear_computes_what_linear_does():
@@ -518,44 +615,6 @@ def test_a_new_decoder_sees_a_model_that_has_changed_since_the_last(bundle, sour
         model.project.bias.add_(torch.randn_like(model.project.bias) * 100)
     after = OneShot(model).decode(src)
     assert [o.tokens for o in after] != [o.tokens for o in before]
-
-
-def test_quantize_auto_is_bf16_only_where_the_cpu_multiplies_bfloat16(bundle, monkeypatch):
-    from pathlib import Path
-
-    from lanmt_cli import quantize
-
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():  # the probe agrees with the kernel's CPU flags
-        flags = set(cpuinfo.read_text().split())
-        assert quantize.native_bf16() == bool({"avx512_bf16", "amx_tile"} & flags)
-    native = quantize.native_bf16()
-    decoder = Translator(bundle, "refine1").decoder
-    assert decoder.options["quantize"] == "auto"
-    assert decoder.compute_type == ("bf16" if native else "float32")
-    assert decoder.model.project.dtype == (torch.bfloat16 if native else torch.float32)
-    for cpu_native, kind in ((True, "bf16"), (False, "none")):  # both answers, on any CPU
-        monkeypatch.setattr(quantize, "native_bf16", lambda cpu_native=cpu_native: cpu_native)
-        assert quantize.resolve_quantize("auto") == kind
-
-
-def test_bf16_on_a_cpu_without_it_is_one_clear_error(bundle, monkeypatch, tmp_path):
-    from lanmt_cli import quantize
-
-    monkeypatch.setattr(quantize, "native_bf16", lambda: False)
-    with pytest.raises(LanmtError, match="quantize=bf16 needs a CPU that multiplies bfloat16"):
-        Translator(bundle, "one-shot", {"quantize": "bf16"})
-
-
-@NEEDS_BF16
-@pytest.mark.parametrize("name", ["one-shot", "refine1"])
-def test_bf16_decodes_each_sentence_the_same_in_any_batch(bundle, sources, name):
-    tr = Translator(bundle, name, {"quantize": "bf16"}, batch_tokens=100_000)
-    ids = tr.encode(sources[:24])
-    together = tr.decode_batch(ids)
-    alone = [tr.decode_batch([i])[0] for i in ids]
-    assert [a.tokens for a in together] == [b.tokens for b in alone]
-    assert [a.score for a in together] == pytest.approx([b.score for b in alone], abs=0.05)
 
 
 def test_int8_linear_rows_do_not_depend_on_each_other():

@@ -283,13 +283,13 @@ def test_translate_module_imports_no_torch():
     assert out.stdout.strip() == "False", out.stderr
 
 
-@pytest.mark.skipif(native_bf16(), reason="this CPU multiplies bfloat16: quantize=bf16 runs here")
+@pytest.mark.skipif(native_bf16(), reason="this CPU multiplies bfloat16: bfloat16 runs here")
 def test_bf16_where_the_cpu_cannot_is_one_line_in_a_real_process(tiny_bundle):
-    args = ("translate", "-m", tiny_bundle, "-d", "one-shot", "--opt", "quantize=bf16")
+    args = ("translate", "-m", tiny_bundle, "-d", "one-shot", "--opt", "compute_type=bfloat16")
     proc = cli(*args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     out, err = proc.communicate(b"a b c\n", timeout=120)
     assert proc.returncode == 1 and out == b""
     assert err.decode().strip().splitlines() == [
-        "error: quantize=bf16 needs a CPU that multiplies bfloat16 in hardware "
-        "(AVX512-BF16 or AMX), and this one does not: use quantize=auto or none"
+        "error: compute_type=bfloat16 needs a CPU that multiplies bfloat16 in hardware "
+        "(AVX512-BF16 or AMX), and this one does not: use compute_type=auto, float32 or int8"
     ]

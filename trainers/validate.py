@@ -161,14 +161,15 @@ def translate_ids(
 def decoder_fn(model, spec: str):
     """`decode(src, tgt)` through the registered decoder `spec` (e.g. refine1).
 
-    A decoder that can quantize decodes in float32 where it would pick for itself
-    (`quantize=auto`), so that validation figures compare across machines and with earlier
-    runs."""
+    A NAT decoder decodes on PyTorch in float32 where it would pick for itself (`runtime=auto`,
+    `compute_type=auto`): the model changes between validations, so exporting it to another
+    engine each time would cost more than the decoding, and float32 keeps the figures
+    comparable across machines and with earlier runs."""
     from lanmt_cli.registry import resolve
 
     _, cls, options = resolve(spec)
-    if options.get("quantize") == "auto":
-        options["quantize"] = "none"
+    if options.get("runtime") == "auto" and options.get("compute_type") == "auto":
+        options.update(runtime="torch", compute_type="float32")
     decoder = cls(model, **options)
     return lambda src, _tgt: [o.tokens for o in decoder.decode(src)]
 

@@ -1,0 +1,421 @@
+"""The LaNMT model on ONNX Runtime: the CPU runtime of the non-autoregressive decoders.
+
+The model's steps are exported once to four ONNX graphs, with dynamic batch and lengths:
+
+- `encoder`: source ids -> embeddings, prior states, prior mean and std;
+- `posterior`: embeddings, source mask, target ids -> posterior mean and std;
+- `length`: prior states, source mask, z -> length scores;
+- `tokens`: prior states, source mask, z, target lengths, positions -> argmax tokens and their
+  log-probabilities (PAD and 0 beyond each length).
+
+`OnnxLaNMT` runs them behind the same step methods as `lanmt_cli.model.LaNMT`
+(`encode_source`, `prior`, `posterior`, `length_logits`, `predict_length`, `best_tokens`), so
+the decoders search over either runtime alike.
+
+Compute types: float32 (the exported graphs; the same argmax tokens as PyTorch) and int8.
+int8 rewrites every matrix product with a constant weight into integer arithmetic with one
+scale per weight column and one per input row (token), so each token's result depends on that
+token alone and a sentence decodes the same in any batch (ONNX Runtime's own dynamic
+quantization scales a whole tensor at once, which a batch's other sentences change). Weights
+keep 7 bits (|w| <= 63): on AVX2 CPUs without VNNI the u8 x s8 kernel adds pairs of products
+in 16 bits, which 8-bit weights can overflow.
+
+Where the graphs come from: a cache folder (`LANMT_CACHE`, or the platform's user cache) named
+by the sha256 of the weights and the exporter's version, built once, atomically (about 10 s
+for the shipped model), with the sha256 of every file, checked before loading: a damaged
+file is exported again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from lanmt_cli.config import PAD
+from lanmt_cli.errors import LanmtError
+from lanmt_cli.model import Gaussian, LaNMT, Source
+
+EXPORT_VERSION = 1  # bump when the graphs change: old exports are then rebuilt
+FOLDER = "onnx"
+KEY_FILE = "lanmt.json"
+OPSET = 18
+COMPUTE_TYPES = ("float32", "int8")
+INT8_WEIGHT_MAX = 63  # 7-bit weights: no 16-bit overflow in AVX2's u8 x s8 pair sums
+
+
+# --- the graphs ----------------------------------------------------------------------------
+
+
+class _Encoder(nn.Module):
+    def __init__(self, model: LaNMT):
+        super().__init__()
+        self.model = model
+
+    def forward(self, src: Tensor):  # src (B, Lx)
+        source = self.model.encode_source(src)
+        prior = self.model.prior(source)
+        return source.embedded, source.states, prior.mean, prior.std
+
+
+class _Posterior(nn.Module):
+    def __init__(self, model: LaNMT):
+        super().__init__()
+        self.model = model
+
+    def forward(self, embedded: Tensor, valid: Tensor, tgt: Tensor):  # (B, Lx, H), (B, Lx), (B, Ly)
+        q = self.model.posterior(Source(embedded, embedded, valid), tgt)
+        return q.mean, q.std
+
+
+class _Length(nn.Module):
+    def __init__(self, model: LaNMT):
+        super().__init__()
+        self.model = model
+
+    def forward(self, states: Tensor, valid: Tensor, z: Tensor):  # -> (B, 2W)
+        return self.model.length_logits(Source(states, states, valid), z)
+
+
+class _Tokens(nn.Module):
+    def __init__(self, model: LaNMT):
+        super().__init__()
+        self.model = model
+
+    def forward(self, states: Tensor, valid: Tensor, z: Tensor, lengths: Tensor, positions: Tensor):
+        source = Source(states, states, valid)
+        h = self.model.decoder_states(source, z, lengths, positions.size(0))  # (B, Ly, H)
+        logits = self.model.project(h)  # (B, Ly, V)
+        best, tokens = logits.max(-1)  # (B, Ly)
+        logp = best - logits.logsumexp(-1)  # log-probability of the argmax
+        inside = positions[None, :] < lengths[:, None]  # (B, Ly)
+        return tokens.where(inside, PAD), logp.where(inside, 0.0)
+
+
+def _examples(model: LaNMT) -> dict[str, tuple]:
+    """Example inputs per graph: batch 3, source 7, target 9 (no dimension of size 1, which
+    an exporter may take for a constant)."""
+    c = model.config
+    src = torch.randint(4, c.src_vocab, (3, 7))
+    valid = torch.ones(3, 7, dtype=torch.bool)
+    states = torch.randn(3, 7, c.hidden)
+    z = torch.randn(3, 7, c.latent_dim)
+    return {
+        "encoder": (src,),
+        "posterior": (states, valid, torch.randint(4, c.tgt_vocab, (3, 9))),
+        "length": (states, valid, z),
+        "tokens": (states, valid, z, torch.tensor([9, 8, 5]), torch.arange(9)),
+    }
+
+
+# Input and output names of each graph, and the dynamic axes of every name.
+NAMES = {
+    "encoder": (["src"], ["embedded", "states", "prior_mean", "prior_std"]),
+    "posterior": (["embedded", "valid", "tgt"], ["mean", "std"]),
+    "length": (["states", "valid", "z"], ["logits"]),
+    "tokens": (["states", "valid", "z", "lengths", "positions"], ["tokens", "logp"]),
+}
+_SRC, _TGT = {0: "batch", 1: "src_len"}, {0: "batch", 1: "tgt_len"}
+AXES = {
+    **dict.fromkeys(["src", "embedded", "states", "prior_mean", "prior_std", "valid", "z"], _SRC),
+    **dict.fromkeys(["mean", "std"], _SRC),
+    **dict.fromkeys(["tgt", "tokens", "logp"], _TGT),
+    "lengths": {0: "batch"},
+    "positions": {0: "tgt_len"},
+    "logits": {0: "batch"},
+}
+
+
+GRAPHS = {"encoder": _Encoder, "posterior": _Posterior, "length": _Length, "tokens": _Tokens}
+
+
+def weights_key(model: nn.Module) -> str:
+    """sha256 of the model's weights (names, shapes, float32 values) and the exporter."""
+    h = hashlib.sha256(f"lanmt-onnx-{EXPORT_VERSION}".encode())
+    for name, t in sorted(model.state_dict().items()):
+        t = t.detach().float().cpu().contiguous()
+        h.update(f"{name}{tuple(t.shape)}".encode())
+        h.update(t.numpy().tobytes())
+    return h.hexdigest()
+
+
+def export(model: LaNMT, dest: str | Path, key: str | None = None) -> Path:
+    """Write the float32 and int8 graphs of `model` to the folder `dest`, atomically."""
+    import copy
+    import warnings
+
+    from lanmt_cli.textio import atomic_dir
+
+    dest = Path(dest)
+    key = key or weights_key(model)
+    plain = copy.deepcopy(model).float().cpu().eval()
+    examples = _examples(plain)
+    try:
+        with atomic_dir(dest, replace=False) as tmp, warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the exporter's notes on traced shapes
+            files = {}
+            for name, graph in GRAPHS.items():
+                inputs, outputs = NAMES[name]
+                path = tmp / f"{name}.float32.onnx"
+                with torch.no_grad():
+                    torch.onnx.export(
+                        graph(plain),
+                        examples[name],
+                        str(path),
+                        dynamo=False,  # the tracing exporter: seconds, where dynamo takes minutes
+                        input_names=inputs,
+                        output_names=outputs,
+                        dynamic_axes={n: AXES[n] for n in inputs + outputs},
+                        opset_version=OPSET,
+                    )
+                quantize_int8(path, tmp / f"{name}.int8.onnx")
+                for kind in COMPUTE_TYPES:
+                    files[f"{name}.{kind}.onnx"] = _sha256(tmp / f"{name}.{kind}.onnx")
+            (tmp / KEY_FILE).write_text(
+                json.dumps({"key": key, "exporter": EXPORT_VERSION, "files": files}, indent=2)
+                + "\n"
+            )
+    except LanmtError:
+        if not _matches(dest, key):  # not another process' export of the same weights
+            raise
+    return dest
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _record(folder: Path) -> dict:
+    try:
+        return json.loads((folder / KEY_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _matches(folder: Path, key: str) -> bool:
+    return _record(folder).get("key") == key
+
+
+def _intact(folder: Path, compute_type: str) -> bool:
+    """The graphs of `compute_type` are there with the checksums recorded at export."""
+    files = _record(folder).get("files", {})
+    names = [f"{name}.{compute_type}.onnx" for name in GRAPHS]
+    try:
+        return all(name in files and _sha256(folder / name) == files[name] for name in names)
+    except OSError:
+        return False
+
+
+def model_dir(model: LaNMT, compute_type: str = "float32") -> Path:
+    """The exported graphs of `model`: from the cache, exported there once if missing, and
+    exported again if a file of `compute_type` is damaged (its checksum differs)."""
+    from lanmt_cli.ct2 import cache_dir
+
+    key = weights_key(model)
+    cached = cache_dir().parent / FOLDER / key[:32]
+    if not (_matches(cached, key) and _intact(cached, compute_type)):
+        if cached.exists():  # stale or damaged: rebuild it
+            shutil.rmtree(cached, ignore_errors=True)
+        export(model, cached, key)
+    return cached
+
+
+# --- int8: per-row, per-column integer matrix products ---------------------------------------
+
+
+def quantize_int8(source: Path, dest: Path) -> None:
+    """Rewrite every MatMul (or Gemm) with a constant 2-D weight as an integer product.
+
+    x (..., K) float -> row scale s = max|x| / 127, q = round(x / s) + 128 (uint8); the
+    weight w (K, N) -> int8 with column scales t = max|w| / 63. Then
+    MatMulInteger(q, w_q, zero point 128) * s * t (+ bias) in float32.
+    """
+    import onnx
+    from onnx import helper, numpy_helper
+
+    graph_model = onnx.load(str(source))
+    graph = graph_model.graph
+    consts = {t.name: t for t in graph.initializer}
+    nodes, added = [], []
+    counter = iter(range(1 << 30))
+
+    def fresh(stem: str) -> str:
+        return f"q8_{stem}_{next(counter)}"
+
+    def const(array: np.ndarray, stem: str) -> str:
+        name = fresh(stem)
+        added.append(numpy_helper.from_array(array, name))
+        return name
+
+    zero = const(np.array(128, dtype=np.uint8), "zero")
+    eps = const(np.array(1e-12, dtype=np.float32), "eps")
+    inv127 = const(np.array(1.0 / 127.0, dtype=np.float32), "inv127")
+    bias128 = const(np.array(128.0, dtype=np.float32), "f128")
+    for node in graph.node:
+        weight_name = _constant_weight(node, consts)
+        if weight_name is None:
+            nodes.append(node)
+            continue
+        w = numpy_helper.to_array(consts[weight_name]).astype(np.float32)
+        if node.op_type == "Gemm" and _attr(node, "transB", 0):
+            w = w.T
+        scale = np.maximum(np.abs(w).max(0), 1e-12) / INT8_WEIGHT_MAX  # (N,)
+        wq = np.clip(np.round(w / scale), -INT8_WEIGHT_MAX, INT8_WEIGHT_MAX).astype(np.int8)
+        x, out = node.input[0], node.output[0]
+        n = {k: fresh(k) for k in ("abs", "max", "s", "xs", "r", "u", "q", "i", "f", "fs", "y")}
+        nodes += [
+            helper.make_node("Abs", [x], [n["abs"]]),
+            helper.make_node(
+                "ReduceMax", [n["abs"], const(np.array([-1]), "axes")], [n["max"]], keepdims=1
+            ),  # fmt: skip
+            helper.make_node("Max", [n["max"], eps], [n["s"]]),
+            helper.make_node("Mul", [n["s"], inv127], [n["xs"]]),  # row scale (..., 1)
+            helper.make_node("Div", [x, n["xs"]], [n["r"]]),
+            helper.make_node("Round", [n["r"]], [n["u"]]),
+            helper.make_node("Add", [n["u"], bias128], [n["q"]]),
+            helper.make_node("Cast", [n["q"]], [n["i"]], to=onnx.TensorProto.UINT8),
+            helper.make_node("MatMulInteger", [n["i"], const(wq, "w"), zero], [n["f"]]),
+            helper.make_node("Cast", [n["f"]], [n["fs"]], to=onnx.TensorProto.FLOAT),
+            helper.make_node("Mul", [n["fs"], n["xs"]], [n["y"]]),
+        ]
+        bias = node.input[2] if node.op_type == "Gemm" and len(node.input) > 2 else None
+        scaled = out if bias is None else fresh("scaled")
+        nodes.append(helper.make_node("Mul", [n["y"], const(scale.astype(np.float32), "t")],
+                                      [scaled]))  # fmt: skip
+        if bias is not None:
+            nodes.append(helper.make_node("Add", [scaled, bias], [out]))
+    del graph.node[:]
+    graph.node.extend(nodes)
+    graph.initializer.extend(added)
+    used = {i for node in graph.node for i in node.input}
+    keep = [t for t in graph.initializer if t.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(keep)
+    onnx.save(graph_model, str(dest))
+
+
+def _attr(node, name: str, default):
+    from onnx import helper
+
+    for a in node.attribute:
+        if a.name == name:
+            return helper.get_attribute_value(a)
+    return default
+
+
+def _constant_weight(node, consts) -> str | None:
+    """The name of the constant 2-D weight of a MatMul / plain Gemm, else None."""
+    plain_gemm = (
+        node.op_type == "Gemm"
+        and not _attr(node, "transA", 0)
+        and _attr(node, "alpha", 1.0) == 1.0
+        and _attr(node, "beta", 1.0) == 1.0
+    )
+    if not (node.op_type == "MatMul" or plain_gemm) or node.input[1] not in consts:
+        return None
+    name = node.input[1]
+    return name if len(consts[name].dims) == 2 else None
+
+
+# --- running them --------------------------------------------------------------------------
+
+
+class OnnxSource(Source):
+    """An encoded source that also carries its prior (computed in the same graph)."""
+
+    def __init__(self, embedded, states, valid, prior: Gaussian):
+        super().__init__(embedded, states, valid)
+        self.prior_gaussian = prior
+
+    def select(self, index: Tensor) -> OnnxSource:
+        p = self.prior_gaussian
+        picked = [t.index_select(0, index) for t in (self.embedded, self.states, self.valid)]
+        return OnnxSource(*picked, Gaussian(p.mean[index], p.std[index]))
+
+
+_POOL: list[int] = []  # threads of the process' ONNX Runtime thread pool, once made
+
+
+def session_options(threads: int):
+    """Options for a session on the process' one thread pool, made on `threads` threads by the
+    first session (sessions with pools of their own spin against each other: one-shot at batch
+    1 took 10 ms instead of 4.3; ONNX Runtime allows no other pool beside a global one)."""
+    import onnxruntime as ort
+
+    if not _POOL:
+        ort.set_default_logger_severity(3)
+        ort.set_global_thread_pool_sizes(intra_op_num_threads=threads, inter_op_num_threads=1)
+        _POOL.append(threads)
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.use_per_session_threads = False
+    return options
+
+
+def _np(t: Tensor) -> np.ndarray:
+    return t.detach().cpu().numpy()
+
+
+class OnnxLaNMT:
+    """The LaNMT step methods on ONNX Runtime sessions (compute_type float32 or int8)."""
+
+    def __init__(self, model: LaNMT, compute_type: str = "float32", threads: int = 1):
+        """threads: the size of the process' ONNX Runtime thread pool, if this is the first
+        runtime of the process (`threads` reports the pool's size)."""
+        import onnxruntime as ort
+
+        if compute_type not in COMPUTE_TYPES:
+            raise LanmtError(f"ONNX Runtime runs the model in {', '.join(COMPUTE_TYPES)} only")
+        self.config = model.config
+        self.compute_type = compute_type
+        folder = model_dir(model, compute_type)
+        options = session_options(threads)
+        self.threads = _POOL[0]
+        self.sessions = {}
+        for name in GRAPHS:
+            path = folder / f"{name}.{compute_type}.onnx"
+            try:
+                self.sessions[name] = ort.InferenceSession(
+                    str(path), options, providers=["CPUExecutionProvider"]
+                )
+            except Exception as err:  # ONNX Runtime's own errors have no common base class
+                raise LanmtError(
+                    f"ONNX Runtime cannot load {path}: {str(err).splitlines()[0]}"
+                ) from None
+
+    def _run(self, name: str, *inputs: Tensor) -> list[Tensor]:
+        session = self.sessions[name]
+        taken = {i.name for i in session.get_inputs()}  # an exporter drops unused inputs
+        feed = {n: _np(x) for n, x in zip(NAMES[name][0], inputs, strict=True) if n in taken}
+        return [torch.from_numpy(a) for a in session.run(None, feed)]
+
+    def encode_source(self, src: Tensor) -> OnnxSource:
+        embedded, states, mean, std = self._run("encoder", src)
+        return OnnxSource(embedded, states, src != PAD, Gaussian(mean, std))
+
+    def prior(self, source: OnnxSource) -> Gaussian:
+        return source.prior_gaussian
+
+    def posterior(self, source: Source, tgt: Tensor) -> Gaussian:
+        return Gaussian(*self._run("posterior", source.embedded, source.valid, tgt))
+
+    def length_logits(self, source: Source, z: Tensor) -> Tensor:
+        return self._run("length", source.states, source.valid, z.float())[0]
+
+    predict_length = LaNMT.predict_length
+
+    def best_tokens(self, source: Source, z: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+        ly = int(lengths.max())
+        positions = torch.arange(ly)
+        return tuple(
+            self._run("tokens", source.states, source.valid, z.float(), lengths, positions)
+        )
