@@ -167,11 +167,17 @@ class Quality:
     bleu_intl_lc_signature: str
     chrf: float
     chrf_signature: str
+    # share of the translations' words equal to the word before them, case-folded
+    # (lanmt_cli.metrics.word_repeat_rate): doubled words, the typical NAT error
+    word_repeat_rate: float
 
 
 def score(hypotheses: list[str], references: list[list[str]]) -> Quality:
-    """BLEU (13a, cased), BLEU (intl, lower-cased) and chrF by sacreBLEU."""
+    """BLEU (13a, cased), BLEU (intl, lower-cased) and chrF by sacreBLEU; the word repeat
+    rate."""
     from sacrebleu.metrics import BLEU, CHRF
+
+    from lanmt_cli.metrics import word_repeat_rate
 
     bleu, seed_bleu, chrf = BLEU(), BLEU(tokenize="intl", lowercase=True), CHRF()
     b = bleu.corpus_score(hypotheses, references)
@@ -185,6 +191,7 @@ def score(hypotheses: list[str], references: list[list[str]]) -> Quality:
         bleu_intl_lc_signature=str(seed_bleu.get_signature()),
         chrf=c.score,
         chrf_signature=str(chrf.get_signature()),
+        word_repeat_rate=word_repeat_rate(hypotheses),
     )
 
 

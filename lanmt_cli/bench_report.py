@@ -29,7 +29,7 @@ def columns(report: Report) -> tuple[list[str], list[list[str]]]:
     timed = any(r.latency for r in report.rows)
     header = ["decoding"]
     if evaluated:
-        header += ["BLEU", "BLEU intl lc", "chrF"]
+        header += ["BLEU", "BLEU intl lc", "chrF", "repeats"]
     if timed:
         header += ["ms / sentence", "median", "p90", "speed-up"]
     header += ["sentences/s", "tokens/s", "speed-up (batched)", "runtime"]
@@ -38,7 +38,12 @@ def columns(report: Report) -> tuple[list[str], list[list[str]]]:
         row = [r.label + (" (baseline)" if r.baseline else "")]
         if evaluated:
             q = r.quality
-            row += [f"{q.bleu:.2f}", f"{q.bleu_intl_lc:.2f}", f"{q.chrf:.2f}"] if q else ["-"] * 3
+            row += (
+                [f"{q.bleu:.2f}", f"{q.bleu_intl_lc:.2f}", f"{q.chrf:.2f}"]
+                + [f"{100 * q.word_repeat_rate:.2f}%"]
+                if q
+                else ["-"] * 4
+            )
         if timed:
             lat = r.latency
             row += (
@@ -104,7 +109,8 @@ def notes(report: Report) -> list[str]:
     if q:
         lines.append(
             f"BLEU: sacreBLEU {q.bleu_signature}; BLEU intl lc (the paper's variant): "
-            f"{q.bleu_intl_lc_signature}; chrF: {q.chrf_signature}."
+            f"{q.bleu_intl_lc_signature}; chrF: {q.chrf_signature}; repeats: the share of "
+            "output words equal to the word before them, case-folded (doubled words)."
         )
     return lines
 

@@ -87,7 +87,7 @@ def test_every_decoder_gets_a_row(run):
         assert r["options"]["runtime"] == "onnx float32"
     assert table_row(stdout, "beam")[-1] == "ctranslate2 float32"
     header = table_row(stdout, "decoding")
-    assert header[:4] == ["decoding", "BLEU", "BLEU intl lc", "chrF"]
+    assert header[:5] == ["decoding", "BLEU", "BLEU intl lc", "chrF", "repeats"]
     for r in rows:
         assert len(table_row(stdout, r["label"])) == len(header)
     assert f"{N} of 50 sentences" in stdout and f"over {LATENCY} sentences" in stdout
@@ -118,6 +118,11 @@ def test_printed_bleu_is_sacrebleu_on_the_written_translations(run, tiny_task):
         )
         cells = table_row(stdout, row["label"])
         assert cells[1:4] == [f"{q['bleu']:.2f}", f"{q['bleu_intl_lc']:.2f}", f"{q['chrf']:.2f}"]
+        # doubled words of the written translations, counted here
+        words = [h.casefold().split() for h in hyps]
+        doubled = sum(a == b for w in words for a, b in zip(w, w[1:], strict=False))
+        assert q["word_repeat_rate"] == doubled / sum(map(len, words))
+        assert cells[4] == f"{100 * q['word_repeat_rate']:.2f}%"
         some_right |= q["bleu"] > 20  # the tiny models learned their task
     assert some_right
     assert report["decoders"][0]["quality"]["bleu_signature"] in stdout

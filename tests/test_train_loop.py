@@ -13,12 +13,15 @@ from typer.testing import CliRunner
 
 from lanmt_cli.app import app
 from lanmt_cli.bundle import load_bundle
+from lanmt_cli.data import Corpus
 from lanmt_cli.errors import LanmtError
+from lanmt_cli.postprocess import clean_ids, detokenize
 from lanmt_cli.trainers.checkpoint import STATE_JSON, STATE_TENSORS, load_state
 from lanmt_cli.trainers.config import TrainConfig
 from lanmt_cli.trainers.loop import LOG_FILE, run_in_process
 from lanmt_cli.trainers.schedule import kl_budget, learning_rate, parse_duration
 from lanmt_cli.trainers.stages import Launch, distill_stage, train_stage
+from lanmt_cli.trainers.validate import decode_corpus, decoder_fn, no_autocast
 from tests.tiny import make_task
 
 TINY = {"hidden": 32, "layers": 1, "heads": 2, "ffn": 64}
@@ -126,11 +129,30 @@ def test_kl_budget_follows_the_schedule_and_finetune_uses_zero(data_dir, teacher
     )
     # is the latent alive? and best/ is chosen by refine1 (the --select default)
     latent = {"acc_post", "acc_prior", "latent_gain", "prior_sigma", "post_sigma"}
-    latent |= {"repeat_rate", "bleu_one_shot", "bleu_refine1", "bleu_oracle"}
+    latent |= {"repeat_rate", "repeat_rate_refine1", "word_repeat_rate", "word_repeat_rate_refine1"}
+    latent |= {"bleu_one_shot", "bleu_refine1", "bleu_oracle"}
     assert latent <= set(valid[0])
     for r in valid:
         assert r["bleu"] == r["bleu_refine1"]
         assert r["latent_gain"] == pytest.approx(r["acc_post"] - r["acc_prior"])
+    # the repeat rates are those of the last checkpoint's refine1 outputs, counted here
+    last = load_bundle(sdir / "last")
+    corpus = Corpus.open(data_dir, "valid")
+    hyps = decode_corpus(
+        last.model,
+        corpus,
+        20,
+        512,
+        torch.device("cpu"),
+        no_autocast,
+        decoder_fn(last.model, "refine1"),
+    )
+    raw = [clean_ids(h, collapse_repeats=False) for h in hyps]
+    pairs = [(a, b) for h in raw for a, b in zip(h, h[1:], strict=False)]
+    assert valid[-1]["repeat_rate_refine1"] == sum(a == b for a, b in pairs) / sum(map(len, raw))
+    words = [t.casefold().split() for t in detokenize(last.tokenizer, hyps)]
+    doubled = sum(a == b for w in words for a, b in zip(w, w[1:], strict=False))
+    assert valid[-1]["word_repeat_rate_refine1"] == doubled / sum(map(len, words))
     assert load_bundle(sdir / "last").teacher().kind == "transformer"
 
     finetune = {"max_tokens": 2048, "valid_per_epoch": 2, "bleu_sents": 20, "log_every": 1}

@@ -1,7 +1,8 @@
 """Training checkpoints: a model bundle plus the training state, without pickle.
 
     DIR/config.json, model.safetensors, spm.model, [teacher/]   the model bundle
-    DIR/trainer_state.safetensors   optimizer moments and steps, random generator states
+    DIR/trainer_state.safetensors   optimizer moments and steps, random generator states,
+                                    [the optimizer's weights when the bundle holds their average]
     DIR/trainer_state.json          position, counters, optimizer hyperparameters, scaler
 
 A checkpoint is written into a temporary folder and renamed into place, so a crash
@@ -21,6 +22,7 @@ from lanmt_cli.errors import LanmtError
 STATE_TENSORS = "trainer_state.safetensors"
 STATE_JSON = "trainer_state.json"
 STATE_VERSION = 1
+WEIGHTS_PREFIX = "weights."  # state tensors: the optimizer's weights (with --ema)
 
 
 @dataclass
@@ -37,6 +39,7 @@ class Position:
     best_step: int = 0
     stale: int = 0  # validations since the best one (patience)
     world_size: int = 1
+    ema_updates: int = 0  # updates folded into the weights' moving average (--ema)
 
 
 @dataclass
@@ -48,6 +51,8 @@ class TrainingState:
     scaler: dict | None = None  # torch.amp.GradScaler state_dict (fp16 only)
     rng: list[dict] = field(default_factory=list)  # per worker rank: {"cpu": t, "cuda": t}
     config: dict = field(default_factory=dict)  # the TrainConfig it was trained with
+    # the optimizer's weights where the bundle holds their average (--ema); None: the same
+    weights: dict | None = None
 
 
 def _flatten_optimizer(state_dict: dict) -> tuple[dict, dict]:
@@ -121,6 +126,8 @@ def save_checkpoint(
             for rank, gens in enumerate(state.rng):
                 for device, tensor in gens.items():
                     tensors[f"rng.{rank}.{device}"] = tensor.cpu().contiguous()
+            for name, tensor in (state.weights or {}).items():
+                tensors[WEIGHTS_PREFIX + name] = tensor.detach().cpu().contiguous()
             save_file(tensors, str(tmp / STATE_TENSORS))
             meta = {
                 "version": STATE_VERSION,
@@ -168,14 +175,18 @@ def load_state(path: Path) -> TrainingState:
     except (SafetensorError, OSError) as err:
         raise LanmtError(f"{path / STATE_TENSORS}: unreadable ({err})") from None
     rng: dict[int, dict] = {}
+    weights = {}
     for name, tensor in tensors.items():
         if name.startswith("rng."):
             _, rank, device = name.split(".", 2)
             rng.setdefault(int(rank), {})[device] = tensor
+        elif name.startswith(WEIGHTS_PREFIX):
+            weights[name.removeprefix(WEIGHTS_PREFIX)] = tensor
     return TrainingState(
         position=Position(**meta["position"]),
         optimizer=_unflatten_optimizer(tensors, meta["optimizer"]),
         scaler=meta["scaler"],
         rng=[rng[r] for r in sorted(rng)],
         config=meta["config"],
+        weights=weights or None,
     )

@@ -47,6 +47,9 @@ class TrainConfig:
     adam_eps: float = 1e-4
     weight_decay: float = 0.0
     clip_norm: float = 1.0  # gradient norm clipping; 0 = off
+    # weight averaging: decay of the weights' moving average, e.g. 0.999 (0 = off);
+    # validation and the checkpoints use the average (trainers/averaging.py)
+    ema: float = 0.0
     # how long: the first budget reached ends training
     max_steps: int | None = None  # updates
     epochs: float | None = None  # passes over the training data
@@ -116,6 +119,8 @@ class TrainConfig:
         for name in ("warmup", "clip_norm", "kl_budget", "kl_floor", "weight_decay", "patience"):
             if getattr(self, name) < 0:
                 raise LanmtError(f"{name.replace('_', '-')} must not be negative")
+        if not 0 <= self.ema < 1:
+            raise LanmtError(f"--ema is a decay in [0, 1) (0 = off), got {self.ema}")
         if self.schedule not in LR_SCHEDULES:
             raise LanmtError(f"unknown schedule {self.schedule!r} ({', '.join(LR_SCHEDULES)})")
         if self.kl_floor > self.kl_budget:

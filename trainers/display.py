@@ -26,7 +26,8 @@ VALID_KEYS = (
 # Is the latent alive? (LaNMT only; trainers/validate.py)
 LATENT_KEYS = (
     metric.ACC_POST, metric.ACC_PRIOR, metric.LATENT_GAIN, metric.PRIOR_SIGMA, metric.POST_SIGMA,
-    metric.REPEAT_RATE, metric.BLEU_ONE_SHOT, metric.BLEU_REFINE1, metric.BLEU_ORACLE,
+    metric.REPEAT_RATE, metric.repeats_of("refine1"), metric.BLEU_ONE_SHOT, metric.BLEU_REFINE1,
+    metric.BLEU_ORACLE,
 )  # fmt: skip
 TRAIN_KEYS = (metric.LOSS, metric.NLL, metric.WORD_ACC, metric.KL_BUDGET, metric.TOK_KL)
 

@@ -29,6 +29,7 @@ from lanmt_cli.devices import pick_device
 from lanmt_cli.errors import LanmtError
 from lanmt_cli.model import count_parameters
 from lanmt_cli.tokenizer import Tokenizer
+from lanmt_cli.trainers.averaging import WeightAverage, averaged_tensors, load_tensors
 from lanmt_cli.trainers.checkpoint import (
     Position,
     TrainingState,
@@ -138,9 +139,17 @@ class Trainer:
             self.scaler = torch.amp.GradScaler("cuda") if fp16 else None
             self.pos = Position(world_size=self.world)
             torch.manual_seed(cfg.seed + 1000 * self.rank)  # dropout differs per worker
+            resumed_average = None
             if start is not None:
-                self._restore(load_state(start))
+                resumed_average = self._restore(load_state(start))
         self.resumed_from = str(start) if start is not None else None
+        self.average = None  # rank 0: the weights' moving average (--ema)
+        if cfg.ema and self.rank == 0:
+            if resumed_average is None:  # a new average starts from the current weights
+                self.pos.ema_updates = 0
+            self.average = WeightAverage(self.model, cfg.ema, self.pos.ema_updates)
+            if resumed_average is not None:
+                self.average.load_average(resumed_average)
 
         self.ddp = None
         if self.world > 1:
@@ -221,7 +230,13 @@ class Trainer:
             init_from_teacher(model, load_bundle(self.cfg.teacher).model, self.cfg.teacher_init)
         return model
 
-    def _restore(self, state: TrainingState) -> None:
+    def _restore(self, state: TrainingState) -> dict[str, torch.Tensor] | None:
+        """Continue from a checkpoint; returns the average its bundle holds (--ema), if any."""
+        average = None
+        if state.weights is not None:  # the bundle holds the average: train the own weights
+            live = averaged_tensors(self.model)
+            average = {k: t.detach().clone() for k, t in live.items()}
+            load_tensors(live, state.weights)
         self.optimizer.load_state_dict(state.optimizer)
         if self.scaler is not None and state.scaler:
             self.scaler.load_state_dict(state.scaler)
@@ -234,6 +249,7 @@ class Trainer:
         else:
             torch.manual_seed(self.cfg.seed + 1000 * self.rank + self.pos.step)
         self.pos.world_size = self.world
+        return average
 
     # -- data ------------------------------------------------------------------
     def _epoch_batches(self, epoch: int) -> list:
@@ -342,6 +358,9 @@ class Trainer:
             else:
                 self.optimizer.step()
             self.pos.step += 1
+            if self.average is not None:
+                self.average.update()
+                self.pos.ema_updates = self.average.updates
             self.pos.tokens += int(all_tokens)
             self.log_tokens += all_tokens
             self.grad_norm = norm
@@ -438,8 +457,22 @@ class Trainer:
                 out[rank][key] = part.cpu()
         return out
 
+    def averaged(self) -> contextlib.AbstractContextManager[dict[str, torch.Tensor] | None]:
+        """Rank 0: the model holds the averaged weights inside the block (--ema); yields the
+        optimizer's own weights then, None without an average."""
+        if self.average is None:
+            return contextlib.nullcontext(None)
+        return self.average.swapped_in()
+
     def checkpoint(self, final: bool) -> None:
-        """Validate and write `last` (and `best`) on rank 0; every worker reports."""
+        """Validate and write `last` (and `best`) on rank 0; every worker reports.
+
+        With --ema, validation scores and both bundles hold the averaged weights; `last`
+        keeps the optimizer's own in its training state."""
+        with self.averaged() as own:
+            self._checkpoint(final, own)
+
+    def _checkpoint(self, final: bool, own: dict[str, torch.Tensor] | None) -> None:
         metrics, best = {}, False
         if self.rank == 0:
             start = time.monotonic()
@@ -464,6 +497,7 @@ class Trainer:
                 self.scaler.state_dict() if self.scaler is not None else None,
                 rng,
                 self.cfg.to_dict(),
+                own,
             )
             info = {
                 "stage": self.cfg.stage,
@@ -499,6 +533,7 @@ class Trainer:
             resumed_from=self.resumed_from,
             max_time=cfg.max_time,
             elapsed=round(self.pos.elapsed, 1),
+            ema=cfg.ema or None,
         )
         reason = self.budget_name if self.pos.step >= self.total_steps else None
         stream = self._batches()

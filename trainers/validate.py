@@ -182,19 +182,16 @@ def oracle_posterior(model, src: torch.Tensor, tgt: torch.Tensor) -> list[list[i
     return [row[:n] for row, n in zip(tokens.tolist(), lengths.tolist(), strict=True)]
 
 
-def repeat_rate(hyps: list[list[int]]) -> float:
-    """Share of output tokens equal to the token before them (before collapsing runs)."""
-    pairs = sum(max(len(h) - 1, 0) for h in hyps)
-    repeats = sum(a == b for h in hyps for a, b in zip(h, h[1:], strict=False))
-    return repeats / max(pairs, 1)
-
-
 def lanmt_bleus(
     model, corpus: Corpus, count: int, max_tokens: int, device, autocast, tokenizer,
     references: list[str], select: str,
 ) -> dict[str, float]:  # fmt: skip
-    """BLEU of one-shot, refine1, the --select decoder and oracle-posterior decoding; the
-    one-shot repeat rate. `bleu` is the --select decoder's (it picks the best checkpoint)."""
+    """BLEU of one-shot, refine1, the --select decoder and oracle-posterior decoding, and the
+    three decoders' repeat rates: of their tokens before repeats are collapsed
+    (`repeat_rate...`) and of the words of their final text (`word_repeat_rate...`).
+    `bleu` is the --select decoder's (it picks the best checkpoint)."""
+    from lanmt_cli.postprocess import clean_ids
+
     out: dict[str, float] = {}
 
     def run(fn):
@@ -202,9 +199,11 @@ def lanmt_bleus(
 
     for spec in dict.fromkeys([*LANMT_VALID_DECODERS, select]):
         hyps = run(decoder_fn(model, spec))
-        if spec == "one-shot":
-            out[metric.REPEAT_RATE] = repeat_rate(hyps)
-        score = bleu_score(model, tokenizer, hyps, references)
+        texts = output_text(model, tokenizer, hyps)
+        raw = [clean_ids(h, collapse_repeats=False) for h in hyps]
+        out[metric.repeats_of(spec)] = metric.repeat_rate(raw)
+        out[metric.repeats_of(spec, words=True)] = metric.word_repeat_rate(texts)
+        score = corpus_bleu(texts, references)
         out[metric.bleu_of(spec)] = score
         if spec == select:
             out[metric.BLEU] = score
@@ -213,14 +212,23 @@ def lanmt_bleus(
     return out
 
 
-def bleu_score(model, tokenizer, hyp_ids: list[list[int]], references: list[str]) -> float:
-    """sacreBLEU (13a, cased) of post-processed outputs; NAT repeats are collapsed."""
-    import sacrebleu
-
+def output_text(model, tokenizer, hyp_ids: list[list[int]]) -> list[str]:
+    """The post-processed text of output ids, as translation gives it: NAT repeats collapsed."""
     from lanmt_cli.postprocess import detokenize
 
-    hyps = detokenize(tokenizer, hyp_ids, collapse_repeats=model.config.kind == "lanmt")
-    return float(sacrebleu.corpus_bleu(hyps, [references[: len(hyps)]]).score)
+    return detokenize(tokenizer, hyp_ids, collapse_repeats=model.config.kind == "lanmt")
+
+
+def corpus_bleu(texts: list[str], references: list[str]) -> float:
+    """sacreBLEU (13a, cased) of `texts` against the first references."""
+    import sacrebleu
+
+    return float(sacrebleu.corpus_bleu(texts, [references[: len(texts)]]).score)
+
+
+def bleu_score(model, tokenizer, hyp_ids: list[list[int]], references: list[str]) -> float:
+    """sacreBLEU (13a, cased) of post-processed outputs; NAT repeats are collapsed."""
+    return corpus_bleu(output_text(model, tokenizer, hyp_ids), references)
 
 
 def no_autocast():

@@ -74,10 +74,18 @@ def train(
     adam_eps: float = typer.Option(None, help="Adam epsilon [1e-4]."),
     weight_decay: float = typer.Option(None, help="Adam weight decay [0]."),
     clip_norm: float = typer.Option(None, help="Gradient norm clipping, 0 = off [1.0]."),
+    ema: float = typer.Option(
+        None,
+        metavar="DECAY",
+        help="Average the weights (exponential moving average, e.g. 0.999): validation and "
+        "checkpoints use the average; 0 = off [0].",
+    ),
     seed: int = typer.Option(None, help="Random seed [1]."),
     # model
     hidden: int = typer.Option(None, help="Model width [256]."),
     layers: int = typer.Option(None, help="Layers of the main stacks [3]."),
+    encoder_layers: int = typer.Option(None, help="Teacher: encoder layers [--layers]."),
+    decoder_layers: int = typer.Option(None, help="Decoder layers [--layers]."),
     heads: int = typer.Option(None, help="Attention heads [4]."),
     ffn: int = typer.Option(None, help="Feed-forward width [1024]."),
     latent_dim: int = typer.Option(None, help="LaNMT latent dimensions per token [8]."),
@@ -143,7 +151,7 @@ def train(
         "max_time": parse_duration(max_time) if max_time is not None else None,
         "max_tokens": max_tokens, "accum": accum, "lr": lr, "warmup": warmup,
         "schedule": schedule, "betas": betas, "adam_eps": adam_eps,
-        "weight_decay": weight_decay, "clip_norm": clip_norm, "seed": seed,
+        "weight_decay": weight_decay, "clip_norm": clip_norm, "ema": ema, "seed": seed,
         "kl_budget": kl_budget, "kl_anneal": kl_anneal, "kl_floor": kl_floor,
         "select": select, "train_split": train_split,
         "valid_split": valid_split, "valid_per_epoch": valid_per_epoch,
@@ -155,7 +163,8 @@ def train(
     }  # fmt: skip
     options = {k: v for k, v in given.items() if v is not None}
     model = {
-        "hidden": hidden, "layers": layers, "heads": heads, "ffn": ffn,
+        "hidden": hidden, "layers": layers, "encoder_layers": encoder_layers,
+        "decoder_layers": decoder_layers, "heads": heads, "ffn": ffn,
         "latent_dim": latent_dim, "dropout": dropout, "label_smoothing": label_smoothing,
     }  # fmt: skip
     options["model"] = {k: v for k, v in model.items() if v is not None}
