@@ -114,14 +114,18 @@ def test_teacher_rescore_picks_what_the_teacher_scores_highest(bundle, sources):
 
 
 @pytest.mark.parametrize("backend", ["torch", "ctranslate2"])
-@pytest.mark.parametrize("beam", [1, 4])
-def test_beam_decoder_is_the_teachers_beam_search(bundle, sources, backend, beam):
-    """On either runtime: PyTorch's search token for token, with its scores."""
+@pytest.mark.parametrize(
+    ("beam", "length_penalty"), [(1, 1.0), (4, 1.0), (4, 0.0), (4, 0.6), (4, 2.0)]
+)
+def test_beam_decoder_is_the_teachers_beam_search(bundle, sources, backend, beam, length_penalty):
+    """On either runtime and with any length penalty: PyTorch's search token for token, with
+    its scores."""
     teacher = bundle.teacher().model
-    src, _ = encode(bundle, sources[:16])
+    src, _ = encode(bundle, sources)
     cls = registry.resolve("beam")[1]
-    outs = cls(teacher, beam=beam, backend=backend, nbest=beam).decode(src)
-    hyps = beam_search(teacher, src, beam=beam)
+    opts = {"beam": beam, "length_penalty": length_penalty, "nbest": beam}
+    outs = cls(teacher, backend=backend, **opts).decode(src)
+    hyps = beam_search(teacher, src, **opts)
     assert [o.tokens for o in outs] == [h[0].tokens for h in hyps]
     assert [o.score for o in outs] == pytest.approx([h[0].score for h in hyps], abs=1e-4)
     if beam == 1:  # greedy: the very same search, so every step agrees
