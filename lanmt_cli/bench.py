@@ -60,22 +60,6 @@ BOOTSTRAP_SAMPLES = 1000
 # --- decoder specs -----------------------------------------------------------------------
 
 
-def parse_spec(spec: str) -> tuple[str, dict[str, str]]:
-    """`NAME` or `NAME:key=value,key=value` -> (NAME, options as strings).
-
-    `latent-search:samples=20,noise=0.3` -> ("latent-search", {"samples": "20", "noise": "0.3"}).
-    The options are those of `lanmt translate --opt key=value`, checked by the same registry.
-    """
-    name, colon, rest = spec.strip().partition(":")
-    name = name.strip()
-    if not name:
-        raise LanmtError(f"decoder {spec!r}: no name (write NAME or NAME:key=value,key=value)")
-    pairs = [p for p in rest.split(",") if p.strip()]
-    if colon and not pairs:
-        raise LanmtError(f"decoder {spec!r}: no options after ':' (write NAME:key=value,...)")
-    return name, registry.parse_options(pairs)
-
-
 def check_specs(baseline: str, specs: Sequence[str]) -> list[str]:
     """The labels of a run: the baseline first, then `specs` (each once), all resolvable."""
     labels = [baseline] + [s for s in specs if s != baseline]
@@ -83,7 +67,7 @@ def check_specs(baseline: str, specs: Sequence[str]) -> list[str]:
     if twice:
         raise LanmtError(f"decoder {twice[0]} is listed twice")
     for label in labels:  # an unknown decoder or a bad option: one clear error, now
-        registry.resolve(*parse_spec(label))
+        registry.resolve(label)
     return labels
 
 
@@ -348,9 +332,8 @@ def bench(
     device = bundle.device
     translators: dict[str, Translator] = {}
     for label in labels:
-        name, options = parse_spec(label)
         translators[label] = Translator(
-            bundle, name, options, device=device, batch_tokens=batch_tokens, seed=seed,
+            bundle, label, device=device, batch_tokens=batch_tokens, seed=seed,
             teacher=teacher,
         )  # fmt: skip
     sources = test_set.sources

@@ -17,8 +17,9 @@ from sacrebleu.metrics import BLEU, CHRF
 from typer.testing import CliRunner
 
 from lanmt_cli.app import app
-from lanmt_cli.bench import latency_stats, parse_spec, speedup_interval
+from lanmt_cli.bench import latency_stats, speedup_interval
 from lanmt_cli.quantize import native_bf16
+from lanmt_cli.registry import parse_spec
 
 ROOT = Path(__file__).resolve().parent.parent
 DECODERS = ["one-shot", "refine1", "latent-search:samples=4", "teacher-rescore:samples=4"]

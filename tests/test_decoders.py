@@ -172,6 +172,9 @@ def test_builtin_decoders_come_from_the_entry_point_group():
         ("refine", {"steps": "4"}, "refine", {"steps": 4}),
         ("beam5", {"length_penalty": "0.6"}, "beam", {"beam": 5, "length_penalty": 0.6}),
         ("latent-search", {"noise": 1}, "latent-search", {"samples": 50, "noise": 1.0}),
+        ("latent-search:samples=20, noise=0.3", {}, "latent-search", {"samples": 20, "noise": 0.3}),
+        ("latent-search:samples=20", {"noise": 1}, "latent-search", {"samples": 20, "noise": 1.0}),
+        ("refine3:steps=3", {}, "refine", {"steps": 3}),
     ],
 )
 def test_names_and_options_resolve(spec, options, name, expected):
@@ -193,6 +196,10 @@ def test_names_and_options_resolve(spec, options, name, expected):
         ("refine", {"steps": 1.5}, "takes int"),
         ("latent-search", {"noise": "high"}, "takes float"),
         ("refine2", {"steps": "3"}, "sets steps=2"),
+        ("refine2:steps=3", {}, "sets steps=2"),
+        ("refine:steps=2", {"steps": 2}, "decoder option steps is given twice"),
+        ("latent-search:", {}, "no options after ':'"),
+        (":samples=2", {}, "no name"),
     ],
 )
 def test_bad_names_and_options_say_what_exists(spec, options, message):

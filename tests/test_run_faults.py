@@ -91,6 +91,24 @@ def test_option_errors_come_first_and_leave_nothing(data_dir, tmp_path, stage, a
 
 
 @pytest.mark.parametrize(
+    ("select", "message"),
+    [
+        ("beam", "--select beam: validation decodes with the LaNMT model alone"),
+        ("teacher-rescore", "--select teacher-rescore: validation decodes with the LaNMT"),
+        ("refine:steps=x", "--select refine:steps=x: option steps of decoder refine takes int"),
+        ("refin1", "--select refin1: unknown decoder 'refin1' (did you mean refine?)"),
+    ],
+)
+def test_select_names_a_decoder_of_the_lanmt_model_alone(data_dir, tmp_path, select, message):
+    run = tmp_path / "run"
+    result = lanmt("train", "--data", data_dir, "--out", run, "--select", select)
+    assert result.exit_code == 1
+    assert result.stderr.startswith(f"error: {message}"), result.stderr
+    assert result.stderr.count("\n") == 1
+    assert not run.exists()
+
+
+@pytest.mark.parametrize(
     ("args", "message"),
     [
         (["--gpus", "-1"], "Invalid value for '--gpus'"),

@@ -113,8 +113,9 @@ def train(
     patience: int = typer.Option(None, help="Stop after N validations without gain."),
     select: str = typer.Option(
         None,
-        metavar="DECODER",
-        help="LaNMT: the decoder whose validation BLEU picks best/ [refine1].",
+        metavar="NAME[:KEY=VALUE,...]",
+        help="LaNMT: the decoder whose validation BLEU picks best/, with options as in "
+        "`lanmt bench -d` (e.g. refine:steps=2) [refine1].",
     ),
     log_every: int = typer.Option(None, help="Updates between log records [50]."),
     # distillation

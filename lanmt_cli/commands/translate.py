@@ -216,15 +216,19 @@ def translate(
         typer.Option(
             "--decoder",
             "-d",
-            metavar="NAME",
+            metavar="NAME[:KEY=VALUE,...]",
             help="Decoder (see `lanmt decoders`): one-shot, refine1, refine3, latent-search, "
-            "teacher-rescore, beam, ... Default: refine1 (beam for a Transformer model).",
+            "teacher-rescore, beam, ..., with options as in `lanmt bench -d` "
+            "(e.g. latent-search:samples=20). Default: refine1 (beam for a Transformer model).",
         ),
     ] = None,
     opt: Annotated[
         list[str] | None,
         typer.Option(
-            "--opt", metavar="KEY=VALUE", help="A decoder option, e.g. samples=20. Repeatable."
+            "--opt",
+            metavar="KEY=VALUE",
+            help="A decoder option, e.g. samples=20 (the same as -d NAME:samples=20). "
+            "Repeatable; a key given both here and in --decoder is an error.",
         ),
     ] = None,
     teacher: TeacherOption = None,
