@@ -299,7 +299,6 @@ def test_sacrebleu_test_sets_from_the_cache_or_a_clear_error(tiny_bundle, tiny_t
 
 
 def test_plot_draws_bleu_against_latency(tiny_bundle, files, tmp_path):
-    pytest.importorskip("matplotlib")
     src, ref = files
     result = lanmt(
         "bench", "-m", tiny_bundle, "--src", src, "--ref", ref, "--evaluate", "-d", "one-shot",

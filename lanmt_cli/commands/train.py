@@ -23,7 +23,8 @@ HELP = """Train LaNMT: teacher, distillation, LaNMT with the KL budget annealed,
 Every stage keeps its checkpoints in OUT/STAGE/last and OUT/STAGE/best; best/ is a model bundle
 for `lanmt translate --model`, OUT/finetune/best the final model. Without --gpus or
 --workers, training runs in this process on one device; --gpus N runs N Ray Train
-workers, one per GPU (--workers N: CPU workers); --ray-address joins a cluster.
+workers, one per GPU (--workers N: CPU workers); --ray-address joins a cluster. Ray workers
+need Ray Train: pip install "lanmt[train]".
 """
 
 
