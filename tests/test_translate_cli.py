@@ -206,6 +206,13 @@ def test_decoder_options_in_the_spec_as_lanmt_bench_takes_them(tiny_bundle, tiny
     )
 
 
+def test_help_says_what_the_embedded_model_knows():
+    text = " ".join(lanmt("translate", "--help").stdout.split())
+    assert "The embedded default model (English to German) was trained on image captions" in text
+    assert "Other text (news, technical or long sentences) gets poorer translations" in text
+    assert "give --model a model trained on your kind of text" in text
+
+
 def test_output_file_is_not_left_half_written(tiny_bundle, tmp_path):
     """An error after some lines were translated leaves no output file, nor a temporary one."""
     broken = tmp_path / "broken.gz"

@@ -265,6 +265,12 @@ def translate(
 ) -> None:
     """Translate lines from stdin or files: exactly one output line per input line.
 
+    The embedded default model (English to German) was trained on image captions, Multi30k's
+    short everyday descriptions of a photo ("A dog runs across the grass."), and translates
+    such sentences best. Other text (news, technical or long sentences) gets poorer
+    translations: give --model a model trained on your kind of text (lanmt prepare, lanmt
+    train).
+
     Example: cat in.txt | lanmt translate --decoder refine1 > out.txt
     """
     inputs = inputs or ["-"]
