@@ -206,6 +206,34 @@ def test_prepare_reads_pipes_once_and_locks_its_output(tmp_path):
 
 
 @POSIX
+def test_a_lock_left_by_a_killed_holder_is_taken_over(tmp_path):
+    """A `lanmt prepare` waiting on FIFOs holds the lock of --out; killed (SIGKILL: no
+    clean-up), it leaves its lock file behind, naming a process that is gone. The next
+    prepare takes the lock over, finishes and removes it."""
+    src, tgt = write_pairs(tmp_path, 500, seed=7)
+    src_fifo, tgt_fifo = tmp_path / "src.fifo", tmp_path / "tgt.fifo"
+    os.mkfifo(src_fifo)
+    os.mkfifo(tgt_fifo)
+    out = tmp_path / "data"
+    args = ["--out", out, "--vocab-size", "55"]
+    first = cli("prepare", "--train-src", src_fifo, "--train-tgt", tgt_fifo, *args,
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    lock = tmp_path / ".data.lock"
+    try:
+        wait_for(lambda: lock.exists() and lock.read_text(), what="the first prepare's lock")
+    finally:
+        first.kill()
+        first.wait()
+    assert json.loads(lock.read_text())["pid"] == first.pid  # left behind by a dead process
+    again = lanmt("prepare", "--train-src", src, "--train-tgt", tgt, *args)
+    assert again.exit_code == 0, again.stderr
+    assert read_meta(out)["splits"]["train"]["pairs"] == 500
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["data", src.name, tgt.name, src_fifo.name, tgt_fifo.name]
+    )  # the lock file is gone, and no temporary folder is left
+
+
+@POSIX
 @pytest.mark.skipif(not shutil.which("bash") or not shutil.which("zcat"), reason="bash, zcat")
 def test_prepare_from_process_substitution(tmp_path):
     """The exact command of the report: `--train-src <(zcat a.gz) --train-tgt <(zcat b.gz)`."""
