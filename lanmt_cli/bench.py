@@ -25,7 +25,7 @@ ratios of numbers measured side by side:
 - **speed-up** = baseline time / decoder time, for both; for latency also a 95% paired
   bootstrap interval over sentences.
 - **quality** (references given): sacreBLEU BLEU (13a, cased) with its signature, the
-  seed's variant (`intl` tokenization, lower-cased) and chrF.
+  paper's variant (`intl` tokenization, lower-cased) and chrF.
 """
 
 from __future__ import annotations
@@ -72,7 +72,7 @@ def check_specs(baseline: str, specs: Sequence[str]) -> list[str]:
 
 
 def default_decoders(bundle) -> list[str]:
-    """The seed's table: the baseline and the four LaNMT decoders (a Transformer: beam only)."""
+    """The paper's table: the baseline and the four LaNMT decoders (a Transformer: beam only)."""
     if bundle.kind == "transformer":
         return [BASELINE, *TEACHER_DECODERS]
     return [BASELINE, *TEACHER_DECODERS, *DEFAULT_DECODERS]
@@ -147,7 +147,7 @@ class Quality:
     bleu: float  # 13a tokenization, cased: the headline
     bleu_signature: str
     bleu_text: str  # sacreBLEU's own line: n-gram precisions, brevity penalty, lengths
-    bleu_intl_lc: float  # the seed's variant: intl tokenization, lower-cased
+    bleu_intl_lc: float  # the paper's variant: intl tokenization, lower-cased
     bleu_intl_lc_signature: str
     chrf: float
     chrf_signature: str
@@ -157,16 +157,16 @@ def score(hypotheses: list[str], references: list[list[str]]) -> Quality:
     """BLEU (13a, cased), BLEU (intl, lower-cased) and chrF by sacreBLEU."""
     from sacrebleu.metrics import BLEU, CHRF
 
-    bleu, seed_bleu, chrf = BLEU(), BLEU(tokenize="intl", lowercase=True), CHRF()
+    bleu, paper_bleu, chrf = BLEU(), BLEU(tokenize="intl", lowercase=True), CHRF()
     b = bleu.corpus_score(hypotheses, references)
-    s = seed_bleu.corpus_score(hypotheses, references)
+    s = paper_bleu.corpus_score(hypotheses, references)
     c = chrf.corpus_score(hypotheses, references)
     return Quality(
         bleu=b.score,
         bleu_signature=str(bleu.get_signature()),
         bleu_text=b.format(),
         bleu_intl_lc=s.score,
-        bleu_intl_lc_signature=str(seed_bleu.get_signature()),
+        bleu_intl_lc_signature=str(paper_bleu.get_signature()),
         chrf=c.score,
         chrf_signature=str(chrf.get_signature()),
     )

@@ -24,7 +24,7 @@ def _x(x: float | None) -> str:
 
 
 def columns(report: Report) -> tuple[list[str], list[list[str]]]:
-    """Header and cells of the results table (the seed's shape, plus what it left out)."""
+    """Header and cells of the results table (the paper's shape, plus what it left out)."""
     evaluated = any(r.quality for r in report.rows)
     timed = any(r.latency for r in report.rows)
     header = ["decoding"]
@@ -103,7 +103,7 @@ def notes(report: Report) -> list[str]:
     q = report.rows[0].quality
     if q:
         lines.append(
-            f"BLEU: sacreBLEU {q.bleu_signature}; BLEU intl lc (the seed's variant): "
+            f"BLEU: sacreBLEU {q.bleu_signature}; BLEU intl lc (the paper's variant): "
             f"{q.bleu_intl_lc_signature}; chrF: {q.chrf_signature}."
         )
     return lines

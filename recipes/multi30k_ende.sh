@@ -7,7 +7,7 @@
 # Every stage keeps checkpoints in WORK_DIR/run/<stage>/; rerunning the script resumes where it
 # stopped (finished stages are skipped). Budgets are wall-clock limits sized for a 2-core CPU
 # machine; on a GPU raise --epochs and drop --max-time. How the shipped model was actually
-# trained (two sessions, stages side by side): recipes/README.md.
+# trained (in several resumed parts, stages side by side): recipes/README.md.
 set -euo pipefail
 DATA=${1:-../shared/data/multi30k}
 WORK=${2:-work/multi30k-ende}

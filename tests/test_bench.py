@@ -108,10 +108,10 @@ def test_printed_bleu_is_sacrebleu_on_the_written_translations(run, tiny_task):
     for row in report["decoders"]:
         hyps = lines(row["translations_file"])
         assert len(hyps) == N
-        bleu, seed_bleu, chrf = BLEU(), BLEU(tokenize="intl", lowercase=True), CHRF()
+        bleu, paper_bleu, chrf = BLEU(), BLEU(tokenize="intl", lowercase=True), CHRF()
         q = row["quality"]
         assert q["bleu"] == bleu.corpus_score(hyps, [refs]).score
-        assert q["bleu_intl_lc"] == seed_bleu.corpus_score(hyps, [refs]).score
+        assert q["bleu_intl_lc"] == paper_bleu.corpus_score(hyps, [refs]).score
         assert q["chrf"] == chrf.corpus_score(hyps, [refs]).score
         assert q["bleu_signature"] == str(bleu.get_signature())
         assert "tok:13a" in q["bleu_signature"] and "case:mixed" in q["bleu_signature"]

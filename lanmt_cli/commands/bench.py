@@ -1,6 +1,6 @@
 """`lanmt bench`: latency, throughput, speed-up and (with --evaluate) BLEU of several decoders.
 
-The seed's results table, for any model on any test set, from one command anyone can rerun.
+The paper's results table, for any model on any test set, from one command anyone can rerun.
 The measuring is in `lanmt_cli.bench`; this module reads the options, loads the test set and
 the model once, and writes the table, JSON, Markdown, plot and translation files.
 """
