@@ -72,7 +72,8 @@ def check_specs(baseline: str, specs: Sequence[str]) -> list[str]:
 
 
 def default_decoders(bundle) -> list[str]:
-    """The paper's table: the baseline and the four LaNMT decoders (a Transformer: beam only)."""
+    """The paper's table: the baseline, greedy search beside it (beam1) and the four LaNMT
+    decoders; a Transformer model gets the baseline and greedy search only."""
     if bundle.kind == "transformer":
         return [BASELINE, *TEACHER_DECODERS]
     return [BASELINE, *TEACHER_DECODERS, *DEFAULT_DECODERS]

@@ -311,6 +311,13 @@ def test_plot_draws_bleu_against_latency(tiny_bundle, files, tmp_path):
 def test_default_decoders_measure_greedy_beside_the_baseline(tiny_bundle):
     from lanmt_cli.bench import default_decoders
     from lanmt_cli.bundle import load_bundle
+    from lanmt_cli.commands.bench import DEFAULTS
 
-    assert default_decoders(load_bundle(tiny_bundle))[:2] == ["beam", "beam1"]
+    defaults = default_decoders(load_bundle(tiny_bundle))
+    assert defaults[:2] == ["beam", "beam1"]
     assert default_decoders(load_bundle(tiny_bundle / "teacher")) == ["beam", "beam1"]
+    # what --help and benchmarks/README.md say the default list is
+    assert re.sub(r" \([^)]*\)", "", DEFAULTS).split(", ") == defaults
+    readme = (ROOT / "benchmarks" / "README.md").read_text()
+    listed = re.search(r"`-d/--decoder` \(repeatable; default (.*?)\)", readme, flags=re.S)
+    assert re.findall(r"`([^`]+)`", listed[1]) == defaults
