@@ -21,7 +21,8 @@ import sys
 import time
 from pathlib import Path
 
-MULTI30K = Path(__file__).resolve().parents[2] / "shared" / "data" / "multi30k"
+from multi30k import MULTI30K
+
 LIMIT_S = 15 * 60
 LIMIT_BYTES = 2 * 10**9
 

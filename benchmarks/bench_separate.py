@@ -82,11 +82,9 @@ def run_ct2(args, beam: int, compute_type: str) -> dict:
 
 def run_lanmt(args, spec: str) -> dict:
     """A lanmt decoder through Translator, as `lanmt translate` runs it."""
-    from lanmt_cli.bench import parse_spec
     from lanmt_cli.translator import Translator
 
-    name, options = parse_spec(spec)
-    tr = Translator(args.model, name, options, threads=args.threads)
+    tr = Translator(args.model, spec, threads=args.threads)
     src = read(args.data / "test_2016_flickr.en.gz", args.sentences)
     pieces = [tr.split(line, ids)[0] for line, ids in zip(src, tr.encode(src), strict=True)]
     for p in pieces[:10]:

@@ -24,7 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-MULTI30K = Path(__file__).resolve().parents[2] / "shared" / "data" / "multi30k"
+from multi30k import MULTI30K
 
 
 def prepare_multi30k(dest: Path) -> Path:

@@ -6,11 +6,13 @@ from __future__ import annotations
 import argparse
 import gc
 import gzip
+import os
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-MULTI30K = ROOT.parent / "shared" / "data" / "multi30k"
+# Multi30k's text files: $LANMT_MULTI30K, else shared/data/multi30k beside the checkout.
+MULTI30K = Path(os.environ.get("LANMT_MULTI30K") or ROOT.parent / "shared" / "data" / "multi30k")
 DEFAULT_MODEL = ROOT / "lanmt_cli" / "models" / "default"
 
 

@@ -25,7 +25,7 @@ ratios of numbers measured side by side:
 - **speed-up** = baseline time / decoder time, for both; for latency also a 95% paired
   bootstrap interval over sentences.
 - **quality** (references given): sacreBLEU BLEU (13a, cased) with its signature, the
-  seed's variant (`intl` tokenization, lower-cased) and chrF.
+  paper's variant (`intl` tokenization, lower-cased) and chrF.
 """
 
 from __future__ import annotations
@@ -60,22 +60,6 @@ BOOTSTRAP_SAMPLES = 1000
 # --- decoder specs -----------------------------------------------------------------------
 
 
-def parse_spec(spec: str) -> tuple[str, dict[str, str]]:
-    """`NAME` or `NAME:key=value,key=value` -> (NAME, options as strings).
-
-    `latent-search:samples=20,noise=0.3` -> ("latent-search", {"samples": "20", "noise": "0.3"}).
-    The options are those of `lanmt translate --opt key=value`, checked by the same registry.
-    """
-    name, colon, rest = spec.strip().partition(":")
-    name = name.strip()
-    if not name:
-        raise LanmtError(f"decoder {spec!r}: no name (write NAME or NAME:key=value,key=value)")
-    pairs = [p for p in rest.split(",") if p.strip()]
-    if colon and not pairs:
-        raise LanmtError(f"decoder {spec!r}: no options after ':' (write NAME:key=value,...)")
-    return name, registry.parse_options(pairs)
-
-
 def check_specs(baseline: str, specs: Sequence[str]) -> list[str]:
     """The labels of a run: the baseline first, then `specs` (each once), all resolvable."""
     labels = [baseline] + [s for s in specs if s != baseline]
@@ -83,12 +67,13 @@ def check_specs(baseline: str, specs: Sequence[str]) -> list[str]:
     if twice:
         raise LanmtError(f"decoder {twice[0]} is listed twice")
     for label in labels:  # an unknown decoder or a bad option: one clear error, now
-        registry.resolve(*parse_spec(label))
+        registry.resolve(label)
     return labels
 
 
 def default_decoders(bundle) -> list[str]:
-    """The seed's table: the baseline and the four LaNMT decoders (a Transformer: beam only)."""
+    """The paper's table: the baseline, greedy search beside it (beam1) and the four LaNMT
+    decoders; a Transformer model gets the baseline and greedy search only."""
     if bundle.kind == "transformer":
         return [BASELINE, *TEACHER_DECODERS]
     return [BASELINE, *TEACHER_DECODERS, *DEFAULT_DECODERS]
@@ -163,7 +148,7 @@ class Quality:
     bleu: float  # 13a tokenization, cased: the headline
     bleu_signature: str
     bleu_text: str  # sacreBLEU's own line: n-gram precisions, brevity penalty, lengths
-    bleu_intl_lc: float  # the seed's variant: intl tokenization, lower-cased
+    bleu_intl_lc: float  # the paper's variant: intl tokenization, lower-cased
     bleu_intl_lc_signature: str
     chrf: float
     chrf_signature: str
@@ -179,16 +164,16 @@ def score(hypotheses: list[str], references: list[list[str]]) -> Quality:
 
     from lanmt_cli.metrics import word_repeat_rate
 
-    bleu, seed_bleu, chrf = BLEU(), BLEU(tokenize="intl", lowercase=True), CHRF()
+    bleu, paper_bleu, chrf = BLEU(), BLEU(tokenize="intl", lowercase=True), CHRF()
     b = bleu.corpus_score(hypotheses, references)
-    s = seed_bleu.corpus_score(hypotheses, references)
+    s = paper_bleu.corpus_score(hypotheses, references)
     c = chrf.corpus_score(hypotheses, references)
     return Quality(
         bleu=b.score,
         bleu_signature=str(bleu.get_signature()),
         bleu_text=b.format(),
         bleu_intl_lc=s.score,
-        bleu_intl_lc_signature=str(seed_bleu.get_signature()),
+        bleu_intl_lc_signature=str(paper_bleu.get_signature()),
         chrf=c.score,
         chrf_signature=str(chrf.get_signature()),
         word_repeat_rate=word_repeat_rate(hypotheses),
@@ -355,9 +340,8 @@ def bench(
     device = bundle.device
     translators: dict[str, Translator] = {}
     for label in labels:
-        name, options = parse_spec(label)
         translators[label] = Translator(
-            bundle, name, options, device=device, batch_tokens=batch_tokens, seed=seed,
+            bundle, label, device=device, batch_tokens=batch_tokens, seed=seed,
             teacher=teacher,
         )  # fmt: skip
     sources = test_set.sources

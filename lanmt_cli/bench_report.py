@@ -24,7 +24,7 @@ def _x(x: float | None) -> str:
 
 
 def columns(report: Report) -> tuple[list[str], list[list[str]]]:
-    """Header and cells of the results table (the seed's shape, plus what it left out)."""
+    """Header and cells of the results table (the paper's shape, plus what it left out)."""
     evaluated = any(r.quality for r in report.rows)
     timed = any(r.latency for r in report.rows)
     header = ["decoding"]

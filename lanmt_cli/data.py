@@ -41,6 +41,7 @@ from lanmt_cli.textio import (
     check_writable,
     read_once,
     read_parallel,
+    remove_leftovers,
 )
 from lanmt_cli.tokenizer import (
     BOS,
@@ -379,6 +380,7 @@ def prepare_corpus(
     inputs = [p for pair in splits.values() for p in pair]
     with hold(beside(out_dir), f"{out_dir} is being prepared"):
         _check_out_dir(out_dir, force)  # again, under the lock: nobody else writes it now
+        remove_leftovers(out_dir)  # of a prepare that was killed
         with atomic_dir(out_dir, replace=force) as tmp, read_once(inputs, tmp) as path:
             files = {name: (path[2 * i], path[2 * i + 1]) for i, name in enumerate(splits)}
             totals = {name: check_parallel(src, tgt) for name, (src, tgt) in files.items()}

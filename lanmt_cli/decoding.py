@@ -405,7 +405,7 @@ def teacher_search(
         engine = ct2.engine_for(teacher, compute_type)
         found = engine.search(_sources(src), limits, beam, length_penalty, nbest)
     else:
-        found = beam_search(teacher, src, beam, length_penalty, max_len_a, max_len_b)
+        found = beam_search(teacher, src, beam, length_penalty, max_len_a, max_len_b, nbest)
     outputs = []
     for hyps in found:
         best = hyps[0] if hyps else None

@@ -3,6 +3,10 @@
 Built-in and third-party decoders take the same path: each installed distribution lists
 `name = "module:Class"` under the group. A name that is not registered but ends in a number,
 `refine3` or `refine-3`, selects the registered `refine` with its `numbered_option` set to 3.
+
+Every command names a decoder the same way, as a spec: `NAME` or `NAME:key=value,key=value`
+(`latent-search:samples=20,noise=0.3`); `resolve` reads it. `lanmt translate --opt key=value`
+gives the same options one at a time; a key given both ways is an error.
 """
 
 from __future__ import annotations
@@ -96,17 +100,41 @@ def find(spec: str) -> tuple[str, type[Decoder], dict[str, Any]]:
     raise LanmtError(unknown_decoder_message(spec, regs))
 
 
+def parse_spec(spec: str) -> tuple[str, dict[str, str]]:
+    """`NAME` or `NAME:key=value,key=value` -> (NAME, options as strings).
+
+    `latent-search:samples=20,noise=0.3` -> ("latent-search", {"samples": "20", "noise": "0.3"}).
+    """
+    name, colon, rest = spec.strip().partition(":")
+    name = name.strip()
+    if not name:
+        raise OptionError(f"decoder {spec!r}: no name (write NAME or NAME:key=value,key=value)")
+    pairs = [p for p in rest.split(",") if p.strip()]
+    if colon and not pairs:
+        raise OptionError(f"decoder {spec!r}: no options after ':' (write NAME:key=value,...)")
+    return name, parse_options(pairs)
+
+
 def resolve(spec: str, options: dict[str, Any] | None = None) -> tuple[str, type[Decoder], dict]:
     """Name, class and the complete checked options of decoder `spec` with `options`.
 
-    Option values may be strings (from `--opt key=value`) or Python values.
+    `spec` is a name or `NAME:key=value,...`; option values may be strings (from
+    `--opt key=value`) or Python values. A key both in `spec` and in `options` is an error.
     """
-    name, cls, fixed = find(spec)
-    options = dict(options or {})
+    base, given = parse_spec(spec)
+    name, cls, fixed = find(base)
+    for key, value in (options or {}).items():
+        if key in given:
+            raise OptionError(
+                f"decoder option {key} is given twice, in {spec!r} and as {key}={value}; "
+                "give it once"
+            )
+        given[key] = value
+    options = given
     for key, value in fixed.items():
         if key in options and cls.check_options({key: options[key]})[key] != value:
             raise OptionError(
-                f"decoder name {spec} sets {key}={value}, but the options ask for "
+                f"decoder name {base} sets {key}={value}, but the options ask for "
                 f"{key}={options[key]}; give one of them"
             )
         options[key] = value

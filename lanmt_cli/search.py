@@ -32,11 +32,16 @@ def beam_search(
     length_penalty: float = 1.0,
     max_len_a: float = 1.5,
     max_len_b: int = 10,
+    nbest: int = 1,
 ) -> list[list[Hypothesis]]:
     """Batched beam search; returns up to `beam` hypotheses per sentence, best first.
 
-    Finished sentences leave the batch, so a batch costs what its longest member needs.
-    With beam=1 this is exactly greedy search.
+    A sentence ends once `beam` hypotheses have ended. Without length normalization
+    (length_penalty=0) it goes on until the best candidate of a step ends and `nbest`
+    hypotheses have ended, since no hypothesis still growing can then score better: the rule
+    CTranslate2 follows, so that both runtimes find the same translations. Finished
+    sentences leave the batch, so a batch costs what its longest member needs. With beam=1
+    this is exactly greedy search.
     """
     bsz, k = src.size(0), beam
     limits = max_lengths(src, model, max_len_a, max_len_b)  # (B,)
@@ -48,6 +53,13 @@ def beam_search(
     tokens = torch.full((bsz * k, 1), BOS, dtype=torch.long, device=src.device)
     active = list(range(bsz))  # sentence id of each live row block
     finished: list[list[Hypothesis]] = [[] for _ in range(bsz)]
+    exhaustive = length_penalty == 0  # raw scores: run until the best candidate ends
+    best_ended = [False] * bsz
+
+    def done(sent: int) -> bool:
+        if exhaustive:
+            return best_ended[sent] and len(finished[sent]) >= min(nbest, k)
+        return len(finished[sent]) >= k
 
     for t in range(int(limits.max()) + 1):
         logp = model.step(state, tokens[:, -1])  # (n*K, V)
@@ -68,7 +80,8 @@ def beam_search(
         is_eos = tok == EOS
         for i, j in (is_eos[:, :k] & (top[:, :k] > float("-inf"))).nonzero().tolist():
             sent = active[i]
-            if len(finished[sent]) < k:
+            best_ended[sent] |= j == 0
+            if exhaustive or len(finished[sent]) < k:
                 row = i * k + int(src_beam[i, j])
                 s = float(top[i, j])
                 finished[sent].append(
@@ -79,7 +92,7 @@ def beam_search(
         cont_top, order = cont.topk(k, dim=1)  # (n, K)
         next_beam = src_beam.gather(1, order)
         next_tok = tok.gather(1, order)
-        keep = [i for i, s in enumerate(active) if len(finished[s]) < k and not at_limit[i]]
+        keep = [i for i, s in enumerate(active) if not (at_limit[i] or done(s))]
         if not keep:
             break
         keep_t = torch.tensor(keep, device=src.device)
@@ -91,6 +104,7 @@ def beam_search(
 
     for hyps in finished:
         hyps.sort(key=lambda h: h.normalized, reverse=True)
+        del hyps[k:]
     return finished
 
 

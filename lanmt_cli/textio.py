@@ -11,6 +11,7 @@ from __future__ import annotations
 import codecs
 import contextlib
 import errno
+import glob
 import gzip
 import io
 import itertools
@@ -375,6 +376,17 @@ def atomic_file(target: Path) -> Iterator[Path]:
         if tmp is not None:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
+
+
+def remove_leftovers(target: Path) -> None:
+    """Remove the temporary folders a killed writer of `target` left next to it
+    (`.NAME.tmp-*`, `.NAME.old-*`). Only for a caller that holds `target`'s lock: nobody
+    else may be writing them."""
+    target = Path(os.path.abspath(target))
+    for kind in ("tmp", "old"):
+        for path in target.parent.glob(f".{glob.escape(target.name)}.{kind}-*"):
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
 
 
 def replace_dir(tmp: Path, target: Path, *, replace: bool = True) -> None:

@@ -26,6 +26,9 @@ def pytest_configure(config) -> None:
 
 
 ROOT = Path(__file__).resolve().parent.parent
+# The full Multi30k text files (tests/data holds a small part): $LANMT_MULTI30K, else
+# shared/data/multi30k beside the checkout, as the benchmarks find them.
+MULTI30K = Path(os.environ.get("LANMT_MULTI30K") or ROOT.parent / "shared" / "data" / "multi30k")
 # The cached bundle is rebuilt whenever the code that defines or trains it changes.
 _SOURCES = [
     "tests/tiny.py", "lanmt_cli/model.py", "lanmt_cli/teacher.py", "lanmt_cli/layers.py",
@@ -70,6 +73,15 @@ def tiny_task() -> list[tuple[str, str]]:
     from tests.tiny import make_task
 
     return make_task(50, seed=12345)
+
+
+@pytest.fixture(scope="session")
+def multi30k() -> Path:
+    """The folder of Multi30k's files (test_2016_flickr.en.gz, ...); the test skips, saying
+    where it looked, when they are not there."""
+    if not (MULTI30K / "test_2016_flickr.en.gz").is_file():
+        pytest.skip(f"no Multi30k in {MULTI30K} (set LANMT_MULTI30K to its folder)")
+    return MULTI30K
 
 
 @pytest.fixture

@@ -17,7 +17,6 @@ from lanmt_cli.search import beam_search, greedy_search, max_lengths
 from tests.tiny import pad
 
 ROOT = Path(__file__).resolve().parent.parent
-MULTI30K = Path("/work/shared/data/multi30k")
 
 
 @pytest.fixture(scope="module")
@@ -152,16 +151,15 @@ def _lines(path: Path, n: int) -> list[str]:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not (MULTI30K / "test_2016_flickr.en.gz").is_file(), reason="no Multi30k")
-def test_beam3_bleu_of_the_shipped_teacher_is_the_same_on_ctranslate2():
+def test_beam3_bleu_of_the_shipped_teacher_is_the_same_on_ctranslate2(multi30k):
     """100 sentences of test_2016_flickr: beam 3 on both runtimes, the same BLEU."""
     import sacrebleu
 
     from lanmt_cli.translator import Translator
 
     model = ROOT / "lanmt_cli" / "models" / "default"
-    src = _lines(MULTI30K / "test_2016_flickr.en.gz", 100)
-    ref = _lines(MULTI30K / "test_2016_flickr.de.gz", 100)
+    src = _lines(multi30k / "test_2016_flickr.en.gz", 100)
+    ref = _lines(multi30k / "test_2016_flickr.de.gz", 100)
     bleu = {}
     for backend in ("ctranslate2", "torch"):
         tr = Translator(model, "beam", {"backend": backend})

@@ -123,14 +123,18 @@ def test_teacher_rescore_picks_what_the_teacher_scores_highest(bundle, sources):
 
 
 @pytest.mark.parametrize("backend", ["torch", "ctranslate2"])
-@pytest.mark.parametrize("beam", [1, 4])
-def test_beam_decoder_is_the_teachers_beam_search(bundle, sources, backend, beam):
-    """On either runtime: PyTorch's search token for token, with its scores."""
+@pytest.mark.parametrize(
+    ("beam", "length_penalty"), [(1, 1.0), (4, 1.0), (4, 0.0), (4, 0.6), (4, 2.0)]
+)
+def test_beam_decoder_is_the_teachers_beam_search(bundle, sources, backend, beam, length_penalty):
+    """On either runtime and with any length penalty: PyTorch's search token for token, with
+    its scores."""
     teacher = bundle.teacher().model
-    src, _ = encode(bundle, sources[:16])
+    src, _ = encode(bundle, sources)
     cls = registry.resolve("beam")[1]
-    outs = cls(teacher, beam=beam, backend=backend, nbest=beam).decode(src)
-    hyps = beam_search(teacher, src, beam=beam)
+    opts = {"beam": beam, "length_penalty": length_penalty, "nbest": beam}
+    outs = cls(teacher, backend=backend, **opts).decode(src)
+    hyps = beam_search(teacher, src, **opts)
     assert [o.tokens for o in outs] == [h[0].tokens for h in hyps]
     assert [o.score for o in outs] == pytest.approx([h[0].score for h in hyps], abs=1e-4)
     if beam == 1:  # greedy: the very same search, so every step agrees
@@ -177,6 +181,9 @@ def test_builtin_decoders_come_from_the_entry_point_group():
         ("refine", {"steps": "4"}, "refine", {"steps": 4}),
         ("beam5", {"length_penalty": "0.6"}, "beam", {"beam": 5, "length_penalty": 0.6}),
         ("latent-search", {"noise": 1}, "latent-search", {"samples": 50, "noise": 1.0}),
+        ("latent-search:samples=20, noise=0.3", {}, "latent-search", {"samples": 20, "noise": 0.3}),
+        ("latent-search:samples=20", {"noise": 1}, "latent-search", {"samples": 20, "noise": 1.0}),
+        ("refine3:steps=3", {}, "refine", {"steps": 3}),
     ],
 )
 def test_names_and_options_resolve(spec, options, name, expected):
@@ -198,6 +205,10 @@ def test_names_and_options_resolve(spec, options, name, expected):
         ("refine", {"steps": 1.5}, "takes int"),
         ("latent-search", {"noise": "high"}, "takes float"),
         ("refine2", {"steps": "3"}, "sets steps=2"),
+        ("refine2:steps=3", {}, "sets steps=2"),
+        ("refine:steps=2", {"steps": 2}, "decoder option steps is given twice"),
+        ("latent-search:", {}, "no options after ':'"),
+        (":samples=2", {}, "no name"),
     ],
 )
 def test_bad_names_and_options_say_what_exists(spec, options, message):

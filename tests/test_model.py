@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from lanmt_cli.config import EOS, PAD
+from lanmt_cli.config import PAD
 from lanmt_cli.model import Gaussian, LaNMT, gaussian_kl, length_weights
 from lanmt_cli.search import beam_search, greedy_search
 from lanmt_cli.teacher import Transformer, with_bos
@@ -215,20 +215,26 @@ def test_beam_size_one_equals_greedy(teacher):
     assert [h[0].tokens for h in beam] == greedy
 
 
-def test_beam_scores_are_the_teachers_log_probabilities(teacher):
+@pytest.mark.parametrize("length_penalty", [1.0, 0.0, 2.0])
+def test_beam_scores_are_the_teachers_log_probabilities(teacher, length_penalty):
+    """Scores are teacher-forced log-probabilities (EOS included; an empty hypothesis is
+    EOS alone); hypotheses are ranked by score / length ** length_penalty, EOS counted."""
     src = pad(random_batch(3, 3, 6, seed=8))
-    hyps = beam_search(teacher, src, beam=3, max_len_b=4)
+    hyps = beam_search(teacher, src, beam=3, max_len_b=4, length_penalty=length_penalty)
+    checked = 0
     for i, sentence in enumerate(hyps):
         assert 1 <= len(sentence) <= 3
-        cands = pad([h.tokens if h.tokens else [EOS] for h in sentence])
-        if any(not h.tokens for h in sentence):
-            continue  # an empty hypothesis has no teacher-forced equivalent to compare
+        cands = pad([h.tokens for h in sentence])  # an empty one: all PAD, scored as EOS
         scores = teacher.score(src[i : i + 1].expand(len(sentence), -1), cands)
         torch.testing.assert_close(
             scores, torch.tensor([h.score for h in sentence]), atol=1e-4, rtol=1e-4
         )
+        for h in sentence:
+            assert h.normalized == pytest.approx(h.score / (len(h.tokens) + 1) ** length_penalty)
         normalized = [h.normalized for h in sentence]
         assert normalized == sorted(normalized, reverse=True)
+        checked += len(sentence)
+    assert checked >= 6
 
 
 # -- learnability ----------------------------------------------------------------

@@ -239,7 +239,6 @@ BENCH = ["-d", "one-shot", "--max-sentences", 4, "--latency-sentences", 2, "--wa
 def test_bench_checks_every_output_before_loading_a_model(sources, tmp_path, option):
     path = Path("/proc/lanmt-bench/out") if option == "--output-dir" else Path("/proc/b.json")
     if option == "--plot":
-        pytest.importorskip("matplotlib")
         path = unwritable_dir(tmp_path) / "plot.png"
     extra = ["--evaluate", "--ref", sources] if option == "--plot" else []
     # a model that does not exist: the output is refused before any model is looked for

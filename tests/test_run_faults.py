@@ -91,6 +91,24 @@ def test_option_errors_come_first_and_leave_nothing(data_dir, tmp_path, stage, a
 
 
 @pytest.mark.parametrize(
+    ("select", "message"),
+    [
+        ("beam", "--select beam: validation decodes with the LaNMT model alone"),
+        ("teacher-rescore", "--select teacher-rescore: validation decodes with the LaNMT"),
+        ("refine:steps=x", "--select refine:steps=x: option steps of decoder refine takes int"),
+        ("refin1", "--select refin1: unknown decoder 'refin1' (did you mean refine?)"),
+    ],
+)
+def test_select_names_a_decoder_of_the_lanmt_model_alone(data_dir, tmp_path, select, message):
+    run = tmp_path / "run"
+    result = lanmt("train", "--data", data_dir, "--out", run, "--select", select)
+    assert result.exit_code == 1
+    assert result.stderr.startswith(f"error: {message}"), result.stderr
+    assert result.stderr.count("\n") == 1
+    assert not run.exists()
+
+
+@pytest.mark.parametrize(
     ("args", "message"),
     [
         (["--gpus", "-1"], "Invalid value for '--gpus'"),
@@ -185,6 +203,34 @@ def test_prepare_reads_pipes_once_and_locks_its_output(tmp_path):
     again = lanmt("prepare", "--train-src", src, "--train-tgt", tgt, *args)
     assert again.exit_code == 1
     assert again.stderr == f"error: {out} already exists; use --force to replace it\n"
+
+
+@POSIX
+def test_a_lock_left_by_a_killed_holder_is_taken_over(tmp_path):
+    """A `lanmt prepare` waiting on FIFOs holds the lock of --out; killed (SIGKILL: no
+    clean-up), it leaves its lock file behind, naming a process that is gone. The next
+    prepare takes the lock over, finishes and removes it."""
+    src, tgt = write_pairs(tmp_path, 500, seed=7)
+    src_fifo, tgt_fifo = tmp_path / "src.fifo", tmp_path / "tgt.fifo"
+    os.mkfifo(src_fifo)
+    os.mkfifo(tgt_fifo)
+    out = tmp_path / "data"
+    args = ["--out", out, "--vocab-size", "55"]
+    first = cli("prepare", "--train-src", src_fifo, "--train-tgt", tgt_fifo, *args,
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    lock = tmp_path / ".data.lock"
+    try:
+        wait_for(lambda: lock.exists() and lock.read_text(), what="the first prepare's lock")
+    finally:
+        first.kill()
+        first.wait()
+    assert json.loads(lock.read_text())["pid"] == first.pid  # left behind by a dead process
+    again = lanmt("prepare", "--train-src", src, "--train-tgt", tgt, *args)
+    assert again.exit_code == 0, again.stderr
+    assert read_meta(out)["splits"]["train"]["pairs"] == 500
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["data", src.name, tgt.name, src_fifo.name, tgt_fifo.name]
+    )  # the lock file is gone, and no temporary folder is left
 
 
 @POSIX

@@ -16,7 +16,7 @@ from lanmt_cli.bundle import load_bundle
 from lanmt_cli.data import Corpus
 from lanmt_cli.errors import LanmtError
 from lanmt_cli.postprocess import clean_ids, detokenize
-from lanmt_cli.trainers.checkpoint import STATE_JSON, STATE_TENSORS, load_state
+from lanmt_cli.trainers.checkpoint import STATE_JSON, STATE_TENSORS, load_state, read_position
 from lanmt_cli.trainers.config import TrainConfig
 from lanmt_cli.trainers.loop import LOG_FILE, run_in_process
 from lanmt_cli.trainers.schedule import kl_budget, learning_rate, parse_duration
@@ -76,7 +76,7 @@ def test_teacher_learns_and_writes_bundles_without_pickle(teacher_run):
     assert [r["step"] for r in valid] == [20, 40]
     assert {"loss", "nll", "word_acc", "bleu"} <= set(valid[-1])
     result = json.loads((sdir / "result.json").read_text())
-    assert result["step"] == 40 and result["replicas_identical"]
+    assert result["step"] == 40 and result["world_size"] == 1  # replicas: test_train_ray
     for name in ("last", "best"):
         bundle = load_bundle(sdir / name)
         assert bundle.kind == "transformer" and bundle.meta["info"]["stage"] == "teacher"
@@ -315,3 +315,79 @@ def test_teacher_init_starts_lanmt_from_the_teachers_weights(data_dir, teacher_r
     wide = {**opts, "teacher_init": "all", "model": {**TINY, "hidden": 48}}
     with pytest.raises(LanmtError, match="same sizes"):
         train_stage(tmp_path / "wide", "lanmt", data_dir, wide, QUIET)
+
+
+def test_best_is_the_best_validation_and_patience_stops_training(data_dir, tmp_path):
+    """From update 12 on, every update spoils the weights: validation gets worse, best/ stays
+    the weights of the best validation, and patience 2 ends training before its budget."""
+    base = {**FAST, "stage": "teacher", "data": str(data_dir), "max_steps": 60, "bleu": False}
+    base |= {"valid_every": 6, "patience": 2, "log_every": 1}
+    saved: dict[int, dict[str, torch.Tensor]] = {}
+
+    def spoil_after_12(trainer) -> None:
+        model = trainer.model
+        if trainer.pos.step % 6 == 0:  # the weights each validation saw
+            saved[trainer.pos.step] = {k: v.clone() for k, v in model.state_dict().items()}
+        if trainer.pos.step >= 12:
+            with torch.no_grad():
+                for p in model.parameters():
+                    p.add_(torch.randn_like(p) * 0.3)
+
+    result = run_in_process(TrainConfig(out=str(tmp_path), **base), on_update=spoil_after_12)
+    valid = records(tmp_path, "valid")
+    # patience ran out at the validation of update 24; the next update stops training
+    assert [r["step"] for r in valid] == [6, 12, 18, 24, 25]
+    assert (result["reason"], result["step"]) == ("patience", 25)
+    losses = [r["loss"] for r in valid]
+    best = valid[losses.index(min(losses))]["step"]  # the score without BLEU: -loss
+    assert best <= 12 < valid[-1]["step"]  # the best is not simply the last
+    assert result["best_step"] == best
+    assert load_bundle(tmp_path / "best").meta["info"]["step"] == best
+    weights = load_file(str(tmp_path / "best" / "model.safetensors"))
+    assert all(torch.equal(weights[k], saved[best][k]) for k in weights)
+    assert [r["best"] for r in valid] == [r["step"] <= best for r in valid]
+
+
+def test_max_time_counts_the_training_time_of_earlier_runs(data_dir, tmp_path):
+    """A run resumed with --max-time no longer than the time already spent stops after one
+    update; counted from its own start, it would go on for as long again."""
+    base = {**FAST, "stage": "teacher", "data": str(data_dir), "bleu": False}
+    base |= {"valid_every": 8, "log_every": 1}
+    run_in_process(TrainConfig(out=str(tmp_path), max_steps=8, **base))
+    spent = read_position(tmp_path / "last").elapsed
+    assert spent > 0
+    again = TrainConfig(out=str(tmp_path), resume=True, max_steps=1000, max_time=spent, **base)
+    result = run_in_process(again)
+    assert (result["reason"], result["step"]) == ("max_time", 9)
+    starts = records(tmp_path, "start")
+    assert [s["step"] for s in starts] == [0, 8] and starts[1]["elapsed"] == round(spent, 1)
+    assert result["elapsed"] >= spent
+
+
+def test_select_picks_best_by_the_decoder_it_names(tiny_bundle, tmp_path):
+    """--select with a decoder spec: its BLEU is the score of every validation. Started from
+    the tiny trained model, where loud unrefined samples and refine1 score differently."""
+    from lanmt_cli.data import prepare_corpus
+
+    text = tmp_path / "text"
+    text.mkdir()
+    for split, n, seed in (("train", 200, 3), ("valid", 40, 4)):
+        pairs = make_task(n, seed)
+        (text / f"{split}.en").write_text("".join(s + "\n" for s, _ in pairs))
+        (text / f"{split}.de").write_text("".join(t + "\n" for _, t in pairs))
+    data = tmp_path / "data"
+    prepare_corpus(
+        data,
+        (text / "train.en", text / "train.de"),
+        valid=(text / "valid.en", text / "valid.de"),
+        tokenizer_from=tiny_bundle,
+    )
+    select = "latent-search:samples=4,noise=4,steps=0"
+    opts = {"init": str(tiny_bundle), "teacher": str(tiny_bundle / "teacher"), "lr": 1e-9}
+    opts |= {"train_split": "train", "max_steps": 1, "warmup": 0, "select": select}
+    train_stage(tmp_path / "run", "lanmt", data, opts, QUIET)
+    (valid,) = records(tmp_path / "run" / "lanmt", "valid")
+    assert valid["bleu"] == valid[f"bleu_{select}"] != valid["bleu_refine1"]
+    assert load_bundle(tmp_path / "run" / "lanmt" / "best").meta["info"]["valid_bleu"] == round(
+        valid["bleu"], 4
+    )

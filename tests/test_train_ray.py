@@ -67,6 +67,20 @@ def test_two_cpu_workers_train_identical_replicas(two_worker_run):
     assert list((run / "teacher" / "ray").glob("lanmt-teacher/step-*/trainer_state.json"))
 
 
+def test_replicas_that_drift_apart_are_reported(ray_session, data_dir, tmp_path):
+    """The digest check can fail: worker 1 changes one weight after the last update."""
+
+    def drift(trainer) -> None:
+        if trainer.rank == 1 and trainer.pos.step == 2:
+            with torch.no_grad():
+                next(trainer.model.parameters()).view(-1)[0] += 1e-3
+
+    options = {**OPTIONS, "max_steps": 2, "valid_every": 2}
+    result = train_stage(tmp_path, "teacher", data_dir, options, TWO_WORKERS, on_update=drift)
+    assert result["world_size"] == 2 and result["step"] == 2
+    assert result["replicas_identical"] is False
+
+
 def test_a_worker_crash_is_survived_from_the_last_checkpoint(two_worker_run, data_dir, tmp_path):
     marker = tmp_path / "crashed"
 

@@ -168,6 +168,10 @@ def test_long_lines_split_or_truncated_and_bad_bytes_replaced(tiny_bundle, tiny_
         (["-d", "refin"], "error: unknown decoder 'refin' (did you mean refine?)"),
         (["-d", "refine", "--opt", "stpes=2"], "no option 'stpes' (did you mean steps?)"),
         (["-d", "refine", "--opt", "steps"], "is not of the form key=value"),
+        (["-d", "refine:steps=2", "--opt", "steps=3"], "decoder option steps is given twice"),
+        (["-d", "refine:steps=two"], "option steps of decoder refine takes int, got 'two'"),
+        (["-d", "refine:"], "no options after ':'"),
+        (["-d", "refin:steps=2"], "error: unknown decoder 'refin' (did you mean refine?)"),
         (["missing.txt"], "missing.txt: no such file"),
         (["-m", "/nonexistent/model"], "no such model folder"),
     ],
@@ -179,6 +183,35 @@ def test_user_errors_are_one_line(tiny_bundle, args, message):
     assert result.exit_code == 1
     assert message in result.stderr
     assert result.stderr.count("\n") == 1 and result.stdout == ""
+
+
+def test_decoder_options_in_the_spec_as_lanmt_bench_takes_them(tiny_bundle, tiny_task):
+    """`-d NAME:key=value,...` (bench's syntax) is `-d NAME --opt key=value ...`, or a mix."""
+    text = task_input(tiny_task[:10])
+    jsonl = ("--output-format", "jsonl")
+    spec = _translate(str(tiny_bundle), text, "-d", "latent-search:samples=4,noise=4", *jsonl)
+    opt = _translate(
+        str(tiny_bundle), text, "-d", "latent-search", "--opt", "samples=4", "--opt", "noise=4",
+        *jsonl,
+    )  # fmt: skip
+    mixed = _translate(
+        str(tiny_bundle), text, "-d", "latent-search:samples=4", "--opt", "noise=4", *jsonl
+    )
+    assert spec == opt == mixed
+    options = json.loads(spec[0])["options"]
+    assert (options["samples"], options["noise"]) == (4, 4.0)  # not the defaults
+    default = json.loads(_translate(str(tiny_bundle), text, "-d", "latent-search", *jsonl)[0])
+    assert (default["options"]["samples"], default["options"]["noise"]) != (4, 4.0)
+    assert _translate(str(tiny_bundle), text, "-d", "one-shot:quantize=none") == _translate(
+        str(tiny_bundle), text, "-d", "one-shot", "--opt", "quantize=none"
+    )
+
+
+def test_help_says_what_the_embedded_model_knows():
+    text = " ".join(lanmt("translate", "--help").stdout.split())
+    assert "The embedded default model (English to German) was trained on image captions" in text
+    assert "Other text (news, technical or long sentences) gets poorer translations" in text
+    assert "give --model a model trained on your kind of text" in text
 
 
 def test_output_file_is_not_left_half_written(tiny_bundle, tmp_path):

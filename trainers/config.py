@@ -131,10 +131,17 @@ class TrainConfig:
             choices = ", ".join(TEACHER_INIT_PARTS)
             raise LanmtError(f"unknown --teacher-init {self.teacher_init!r} ({choices})")
         if self.stage != "teacher" and self.bleu:
-            from lanmt_cli.registry import find
+            from lanmt_cli.registry import resolve
 
-            if find(self.select)[1].needs_teacher:
-                raise LanmtError(f"--select {self.select}: validation decodes without a teacher")
+            try:
+                decoder = resolve(self.select)[1]
+            except LanmtError as err:
+                raise LanmtError(f"--select {self.select}: {err}") from None
+            if decoder.needs_teacher or decoder.model_kind != "lanmt":
+                raise LanmtError(
+                    f"--select {self.select}: validation decodes with the LaNMT model alone "
+                    "(one-shot, refine, latent-search)"
+                )
         if self.amp not in AMP_MODES:
             raise LanmtError(f"unknown --amp {self.amp!r} ({', '.join(AMP_MODES)})")
         return self

@@ -18,7 +18,7 @@ from typing import Any
 from lanmt_cli import metrics as metric
 from lanmt_cli.progress import bar, format_duration, stderr_console
 
-# The seed's validation metrics, in its order; then BLEU.
+# The validation metrics of the paper's public implementation, in its order; then BLEU.
 VALID_KEYS = (
     metric.LEN_LOSS, metric.LEN_ACC, metric.LOSS, metric.WORD_ACC, metric.KL_BUDGET, metric.KL,
     metric.TOK_KL, metric.NLL,

@@ -64,6 +64,8 @@ class Launch:
             raise LanmtError(f"--max-failures must be 0 or more, got {self.max_failures}")
         if self.gpus and self.workers:
             raise LanmtError("--gpus N runs N GPU workers, --workers N CPU workers: give one")
+        if self.ray:
+            require_ray()
         if self.gpus and self.ray_address is None:
             import torch
 
@@ -75,6 +77,20 @@ class Launch:
                     "leave --gpus out (or give --gpus 0), or use --workers N for CPU workers"
                 )
         return self
+
+
+RAY_MISSING = (
+    'training on Ray workers needs Ray: pip install "lanmt[train]" (or train in this '
+    "process: leave out --workers, --ray and --ray-address, and give --gpus 1 at most)"
+)
+
+
+def require_ray() -> None:
+    """Ray Train is an extra (`lanmt[train]`): without it, one line saying how to get it."""
+    try:
+        import ray.train.torch  # noqa: F401
+    except ImportError:
+        raise LanmtError(RAY_MISSING) from None
 
 
 def _command(stage: str, run: Path, data: Path) -> str:

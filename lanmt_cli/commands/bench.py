@@ -1,13 +1,12 @@
 """`lanmt bench`: latency, throughput, speed-up and (with --evaluate) BLEU of several decoders.
 
-The seed's results table, for any model on any test set, from one command anyone can rerun.
+The paper's results table, for any model on any test set, from one command anyone can rerun.
 The measuring is in `lanmt_cli.bench`; this module reads the options, loads the test set and
 the model once, and writes the table, JSON, Markdown, plot and translation files.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 import time
 from pathlib import Path
@@ -65,8 +64,10 @@ def _check_arguments(src, ref, test_set, langpair, evaluate, plot, latency_sente
             raise LanmtError("--plot draws BLEU against latency: it needs --evaluate")
         if latency_sentences == 0:
             raise LanmtError("--plot draws BLEU against latency: it needs --latency-sentences > 0")
-        if importlib.util.find_spec("matplotlib") is None:
-            raise LanmtError("--plot needs matplotlib: pip install 'lanmt[plot]'")
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            raise LanmtError('--plot needs matplotlib: pip install "lanmt[plot]"') from None
 
 
 def bench(

@@ -23,7 +23,8 @@ HELP = """Train LaNMT: teacher, distillation, LaNMT with the KL budget annealed,
 Every stage keeps its checkpoints in OUT/STAGE/last and OUT/STAGE/best; best/ is a model bundle
 for `lanmt translate --model`, OUT/finetune/best the final model. Without --gpus or
 --workers, training runs in this process on one device; --gpus N runs N Ray Train
-workers, one per GPU (--workers N: CPU workers); --ray-address joins a cluster.
+workers, one per GPU (--workers N: CPU workers); --ray-address joins a cluster. Ray workers
+need Ray Train: pip install "lanmt[train]".
 """
 
 
@@ -121,8 +122,9 @@ def train(
     patience: int = typer.Option(None, help="Stop after N validations without gain."),
     select: str = typer.Option(
         None,
-        metavar="DECODER",
-        help="LaNMT: the decoder whose validation BLEU picks best/ [refine1].",
+        metavar="NAME[:KEY=VALUE,...]",
+        help="LaNMT: the decoder whose validation BLEU picks best/, with options as in "
+        "`lanmt bench -d` (e.g. refine:steps=2) [refine1].",
     ),
     log_every: int = typer.Option(None, help="Updates between log records [50]."),
     # distillation

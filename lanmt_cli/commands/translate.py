@@ -216,15 +216,19 @@ def translate(
         typer.Option(
             "--decoder",
             "-d",
-            metavar="NAME",
+            metavar="NAME[:KEY=VALUE,...]",
             help="Decoder (see `lanmt decoders`): one-shot, refine1, refine3, latent-search, "
-            "teacher-rescore, beam, ... Default: refine1 (beam for a Transformer model).",
+            "teacher-rescore, beam, ..., with options as in `lanmt bench -d` "
+            "(e.g. latent-search:samples=20). Default: refine1 (beam for a Transformer model).",
         ),
     ] = None,
     opt: Annotated[
         list[str] | None,
         typer.Option(
-            "--opt", metavar="KEY=VALUE", help="A decoder option, e.g. samples=20. Repeatable."
+            "--opt",
+            metavar="KEY=VALUE",
+            help="A decoder option, e.g. samples=20 (the same as -d NAME:samples=20). "
+            "Repeatable; a key given both here and in --decoder is an error.",
         ),
     ] = None,
     teacher: TeacherOption = None,
@@ -260,6 +264,12 @@ def translate(
     ] = False,
 ) -> None:
     """Translate lines from stdin or files: exactly one output line per input line.
+
+    The embedded default model (English to German) was trained on image captions, Multi30k's
+    short everyday descriptions of a photo ("A dog runs across the grass."), and translates
+    such sentences best. Other text (news, technical or long sentences) gets poorer
+    translations: give --model a model trained on your kind of text (lanmt prepare, lanmt
+    train).
 
     Example: cat in.txt | lanmt translate --decoder refine1 > out.txt
     """
