@@ -37,10 +37,12 @@ def _holder(lock_file: Path) -> str:
 
 
 def _record(fd: int) -> None:
+    """Write who holds the lock into it; on a full disk the holder just stays unnamed."""
     command = " ".join(["lanmt", *sys.argv[1:]]) if sys.argv else "lanmt"
     info = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}
-    os.ftruncate(fd, 0)
-    os.write(fd, json.dumps({**info, "command": command}).encode())
+    with contextlib.suppress(OSError):
+        os.ftruncate(fd, 0)
+        os.write(fd, json.dumps({**info, "command": command}).encode())
 
 
 def _busy(lock_file: Path, what: str) -> LanmtError:

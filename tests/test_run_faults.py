@@ -248,6 +248,23 @@ def test_prepare_that_runs_out_of_room_leaves_nothing(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([src.name, tgt.name])
 
 
+def test_prepare_and_train_on_a_full_disk_are_one_line(data_dir, tmp_path, full_disk):
+    """The lock of the output takes no room; what cannot be written then says so."""
+    src, tgt = write_pairs(tmp_path, 50, seed=7)
+    out = full_disk / "data"
+    prepared = lanmt("prepare", "--train-src", src, "--train-tgt", tgt, "--out", out,
+                     "--vocab-size", "55")  # fmt: skip
+    assert prepared.exit_code == 1 and "Traceback" not in prepared.output
+    assert prepared.stderr == f"error: cannot write {out}: disk full\n"
+    run = full_disk / "run"
+    trained = lanmt("train", "--stage", "teacher", "--data", data_dir, "--out", run, *TINY,
+                    "--max-steps", "2")  # fmt: skip
+    assert trained.exit_code == 1 and "Traceback" not in trained.output
+    config = run / "teacher" / "train_config.json"
+    assert trained.stderr == f"error: cannot write {config}: disk full\n"
+    assert not list(full_disk.rglob(".*"))  # no lock file left, no temporary file
+
+
 # --- a checkpoint that cannot be written --------------------------------------------------
 
 
