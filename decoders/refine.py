@@ -93,7 +93,12 @@ def best_of(tokens: list, scores: list[float], n: int) -> list[Output]:
 
 
 LENGTHS_OPTION = Option(
-    "lengths", int, 1, "length beam: try the N most likely lengths, keep the best", minimum=1
+    "lengths",
+    int,
+    1,
+    "length beam: try the N most likely lengths, keep the best",
+    minimum=1,
+    maximum=MAX_LENGTHS,
 )
 QUANTIZE_OPTION = Option(
     "quantize",
@@ -106,7 +111,7 @@ QUANTIZE = ("auto", "none", "int8", "bf16")
 
 
 class NATDecoder(Decoder):
-    """Shared by the LaNMT decoders: the checks of `steps`, `lengths` and `quantize`.
+    """Shared by the LaNMT decoders: the check of `quantize`.
 
     On the CPU they decode with their own inference copy of the model (`quantize`: float32
     with pre-packed weights, int8 or bf16; `auto` picks one for this CPU), made when the
@@ -138,15 +143,6 @@ class NATDecoder(Decoder):
     def check_options(cls, options):
         checked = super().check_options(options)
         where = f"of decoder {cls.name}"
-        if checked.get("steps", 0) > MAX_STEPS:
-            raise OptionError(
-                f"option steps {where} must be at most {MAX_STEPS}, got {checked['steps']} "
-                "(refinement stops by itself once its output repeats)"
-            )
-        if checked.get("lengths", 1) > MAX_LENGTHS:
-            raise OptionError(
-                f"option lengths {where} must be at most {MAX_LENGTHS}, got {checked['lengths']}"
-            )
         if checked.get("quantize", "none") not in QUANTIZE:
             raise OptionError(
                 f"option quantize {where} takes one of {', '.join(QUANTIZE)}, "
@@ -163,8 +159,9 @@ class Refine(NATDecoder):
             "steps",
             int,
             1,
-            f"refinement steps, at most {MAX_STEPS} (stops early when stable)",
+            "refinement steps (stops early once its output repeats)",
             minimum=0,
+            maximum=MAX_STEPS,
         ),
         LENGTHS_OPTION,
         QUANTIZE_OPTION,
