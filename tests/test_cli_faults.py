@@ -124,6 +124,16 @@ def test_float_options_must_be_finite_and_in_range(tiny_bundle, args, message):
     assert message in result.stderr and result.stderr.count("\n") == 1
 
 
+@pytest.mark.parametrize("command", ["translate", "bench"])
+@pytest.mark.parametrize("seed", [-1, 2**64])
+def test_a_seed_out_of_range_is_a_usage_error(tiny_bundle, command, seed):
+    result = lanmt(command, "-m", tiny_bundle, "-d", "latent-search", "--seed", seed, input="a\n")
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert "Invalid value for '--seed'" in result.stderr
+    bound = "greater than or equal to 0" if seed < 0 else f"less than or equal to {2**63 - 1}"
+    assert bound in result.stderr
+
+
 def test_jsonl_is_strict_json_even_for_scores_that_are_not_finite(tiny_bundle):
     """Scores of -inf (a beam that found nothing) or NaN are written as null, never as the
     bare `-Infinity` or `NaN` that no JSON parser has to accept."""
