@@ -238,14 +238,14 @@ def run_without_stdout(args, how: str, tmp_path) -> tuple[int, str]:
         *((c, "closed") for c in ("--version", "translate")),
     ],
 )
-def test_a_stdout_that_cannot_be_written_is_one_line(command, how, tiny_bundle, tmp_path):
+def test_a_stdout_that_cannot_be_written_is_one_line(command, how, tiny_bundle_copy, tmp_path):
     """As an output file that cannot be written: one line and exit 1, for every command."""
     args = [command]
     if command == "translate":
         (tmp_path / "in.txt").write_text("red dog\nbig cat\n")
-        args += ["-m", tiny_bundle, "-d", "one-shot", "in.txt"]
+        args += ["-m", tiny_bundle_copy, "-d", "one-shot", "in.txt"]
     elif command == "pack":  # the archive is written; the JSON entry on stdout is not
-        args += [tiny_bundle, "-o", "site"]
+        args += [tiny_bundle_copy, "-o", "site"]
     rc, err = run_without_stdout(args, how, tmp_path)
     cause = "disk full" if how == "full" else "it is closed"
     assert rc == 1 and "Traceback" not in err
