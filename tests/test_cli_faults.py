@@ -80,6 +80,10 @@ def _broken(meta: dict, case: str):
         "tokenizer outside": {**meta, "tokenizer": {"src": "../spm.model", "tgt": "spm.model"}},
         "tokenizer absolute": {**meta, "tokenizer": {"src": "/etc/hostname", "tgt": "spm.model"}},
         "teacher outside": {**meta, "teacher": "/tmp"},
+        "teacher the bundle itself": {**meta, "teacher": "."},
+        "max_len huge": {**meta, "model": {**model, "max_len": 1_000_000_000}},
+        "layers too many": {**meta, "model": {**model, "decoder_layers": 1_000_000}},
+        "dtype unknown": {**meta, "dtype": "float8"},
         "languages a string": {**meta, "languages": "en-de"},
     }[case]
 
@@ -94,6 +98,10 @@ def _broken(meta: dict, case: str):
         ("tokenizer outside", "field tokenizer.src must name a file inside the bundle folder"),
         ("tokenizer absolute", "field tokenizer.src must name a file inside the bundle folder"),
         ("teacher outside", "field teacher must name a file inside the bundle folder"),
+        ("teacher the bundle itself", "field teacher must name a folder inside the bundle, not"),
+        ("max_len huge", "field model.max_len must be at most 4096, got 1000000000"),
+        ("layers too many", "field model.decoder_layers must be at most 100, got 1000000"),
+        ("dtype unknown", "field dtype must be one of float32, float16, bfloat16, got 'float8'"),
         ("languages a string", "field languages must be a JSON object"),
     ],
 )
