@@ -19,12 +19,14 @@ from lanmt_cli.decoding import (
     teacher_search,
 )
 
+MAX_BEAM = 100  # time and memory grow with the beam; wider beams rarely help a Transformer
+
 
 class Beam(Decoder):
     name = "beam"
     help = "Autoregressive beam search with the Transformer teacher (the baseline)."
     option_specs = (
-        Option("beam", int, 3, "beam size (1 = greedy)", minimum=1),
+        Option("beam", int, 3, "beam size (1 = greedy)", minimum=1, maximum=MAX_BEAM),
         Option("length_penalty", float, 1.0, "rank by score / length ** length_penalty"),
         Option(
             "max_len_a",
@@ -42,7 +44,14 @@ class Beam(Decoder):
             minimum=0,
             maximum=100_000,
         ),
-        Option("nbest", int, 1, "hypotheses kept with their scores (jsonl)", minimum=0),
+        Option(
+            "nbest",
+            int,
+            1,
+            "hypotheses kept with their scores (jsonl)",
+            minimum=0,
+            maximum=MAX_BEAM,
+        ),
         *BACKEND_OPTIONS,
     )
     model_kind = "transformer"

@@ -16,9 +16,11 @@ from torch import Tensor
 from lanmt_cli.config import PAD
 from lanmt_cli.decoding import (
     LENGTHS_OPTION,
+    MAX_STEPS,
     RUNTIME_OPTIONS,
     NATDecoder,
     Option,
+    OptionError,
     Output,
     content_seed,
     decode_latent,
@@ -26,6 +28,7 @@ from lanmt_cli.decoding import (
     refine,
 )
 
+MAX_CANDIDATES = 1000  # samples x lengths per sentence: memory and time grow with it
 Candidates = list[tuple[list[int], float]]  # (tokens, score) per candidate of one sentence
 
 
@@ -71,17 +74,42 @@ class LatentSearch(NATDecoder):
     name = "latent-search"
     help = "Refine K noisy prior samples at once; keep the one the model itself scores best."
     option_specs = (
-        Option("samples", int, 50, "latent samples K per sentence", minimum=1),
+        Option(
+            "samples",
+            int,
+            50,
+            f"latent samples K per sentence (K x lengths at most {MAX_CANDIDATES})",
+            minimum=1,
+            maximum=MAX_CANDIDATES,
+        ),
         Option(
             "noise", float, 0.5, "scale of the prior's std in each sample", minimum=0, maximum=100
         ),
-        Option("steps", int, 1, "refinement steps for each sample", minimum=0),
-        Option("nbest", int, 5, "distinct candidates kept with their scores (jsonl)", minimum=0),
+        Option("steps", int, 1, "refinement steps for each sample", minimum=0, maximum=MAX_STEPS),
+        Option(
+            "nbest",
+            int,
+            5,
+            "distinct candidates kept with their scores (jsonl)",
+            minimum=0,
+            maximum=MAX_CANDIDATES,
+        ),
         LENGTHS_OPTION,
         *RUNTIME_OPTIONS,
     )
     numbered_option = "samples"
     max_expanded_tokens = 8192  # source tokens times samples per forward pass
+
+    @classmethod
+    def check_options(cls, options):
+        checked = super().check_options(options)
+        k, n = checked["samples"], checked["lengths"]
+        if k * n > MAX_CANDIDATES:
+            raise OptionError(
+                f"options samples x lengths of decoder {cls.name} (the candidates of each "
+                f"sentence) must be at most {MAX_CANDIDATES}, got {k} x {n} = {k * n}"
+            )
+        return checked
 
     @torch.no_grad()
     def decode(self, src: Tensor, seeds: list[int] | None = None) -> list[Output]:

@@ -8,6 +8,7 @@ stays instant.
 from __future__ import annotations
 
 import functools
+import io
 import os
 import signal
 import sys
@@ -87,6 +88,59 @@ def _terminate(signum, frame) -> None:
     raise Terminated
 
 
+class StdoutError(LanmtError):
+    """Standard output cannot be written: a full disk, /dev/full, closed (`>&-`)."""
+
+
+class _Stdout(io.FileIO):
+    """File descriptor 1, where a failed write is one `StdoutError` and later writes are
+    dropped, so that the flush at exit stays quiet. A closed pipe stays a BrokenPipeError:
+    the reader went away (`lanmt translate | head -1`)."""
+
+    closed_at_start = False
+    failed = False
+
+    def write(self, data) -> int:
+        if self.failed:
+            return len(data)
+        try:
+            return super().write(data)
+        except BrokenPipeError:
+            raise
+        except OSError as err:
+            from lanmt_cli.textio import os_error_cause
+
+            self.failed = True
+            cause = "it is closed" if self.closed_at_start else os_error_cause(err)
+            raise StdoutError(f"cannot write to standard output: {cause}") from None
+
+
+def _guard_stdout() -> None:
+    """Make every write to standard output, by any command, fail as one `StdoutError`.
+
+    A closed stdout (`>&-`) gets file descriptor 1 opened read-only on /dev/null: no file
+    opened later takes its place, and a write to it fails.
+    """
+    old = sys.stdout
+    if old is not None and old is not sys.__stdout__:
+        return  # already redirected (a test runner)
+    closed = old is None
+    if closed:
+        fd = os.open(os.devnull, os.O_RDONLY)
+        if fd != 1:
+            os.dup2(fd, 1)
+            os.close(fd)
+    raw = _Stdout(1, "w", closefd=False)
+    raw.closed_at_start = closed
+    sys.stdout = io.TextIOWrapper(
+        io.BufferedWriter(raw),
+        encoding=old.encoding if old else "utf-8",
+        errors=old.errors if old else "strict",
+        line_buffering=old.line_buffering if old else False,
+        write_through=old.write_through if old else False,
+    )
+
+
 def _quiet_broken_pipe() -> None:
     """`lanmt translate | head -1`: the reader went away; end quietly."""
     try:
@@ -147,7 +201,16 @@ _register()
 
 
 def main() -> None:
-    app()
+    """`lanmt`: a failed write to standard output, anywhere, is one line and exit 1."""
+    _guard_stdout()
+    try:
+        try:
+            app()
+        finally:
+            sys.stdout.flush()  # what is still buffered fails here, not at exit
+    except StdoutError as err:
+        typer.echo(f"error: {err}", err=True)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

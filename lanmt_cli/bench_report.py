@@ -4,7 +4,10 @@ JSON figures, the translations every figure was computed on, and a plot."""
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
+import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -155,13 +158,16 @@ def _file_name(label: str) -> str:
 
 def write_translations(report: Report, test_set: TestSet, directory: Path) -> None:
     """DIR/src.txt, DIR/ref.txt (ref.2.txt, ... for more references) and DIR/LABEL.txt for
-    each decoder: the exact lines every figure was computed on. Sets `translations_file`."""
-    from lanmt_cli.textio import atomic_file
+    each decoder: the exact lines every figure was computed on. Sets `translations_file`.
+
+    All or nothing: the files are written into a temporary folder first, which becomes DIR,
+    or (where DIR exists) whose files are then moved into it; other files of DIR stay.
+    """
+    from lanmt_cli.textio import atomic_dir
 
     directory = Path(directory)
     if directory.exists() and not directory.is_dir():
         raise LanmtError(f"--output-dir {directory}: exists and is not a directory")
-    directory.mkdir(parents=True, exist_ok=True)
     files: dict[str, list[str]] = {"src.txt": test_set.sources}
     for i, ref in enumerate(test_set.references, start=1):
         files["ref.txt" if i == 1 else f"ref.{i}.txt"] = ref
@@ -172,9 +178,22 @@ def write_translations(report: Report, test_set: TestSet, directory: Path) -> No
             name = f"{_file_name(row.label)}.{n}"
         files[f"{name}.txt"] = row.translations
         row.translations_file = str(directory / f"{name}.txt")
+    if not directory.is_dir():
+        with atomic_dir(directory) as tmp:
+            _write_files(tmp, files)
+        return
+    tmp = Path(tempfile.mkdtemp(prefix=".lanmt-bench.tmp-", dir=directory))
+    try:
+        _write_files(tmp, files)
+        for name in files:  # renames take no room: once written, every file gets in place
+            os.replace(tmp / name, directory / name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _write_files(folder: Path, files: dict[str, list[str]]) -> None:
     for name, lines in files.items():
-        with atomic_file(directory / name) as tmp:
-            tmp.write_text("".join(f"{line}\n" for line in lines), encoding="utf-8")
+        (folder / name).write_text("".join(f"{line}\n" for line in lines), encoding="utf-8")
 
 
 def plot(report: Report, path: Path) -> None:

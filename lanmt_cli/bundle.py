@@ -34,6 +34,7 @@ BUNDLE_VERSION = 1
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 SIDES = ("src", "tgt")
+DTYPES = ("float32", "float16", "bfloat16")  # how the weights may be stored
 
 
 def inside_path(value: Any, field: str, cfg_file: Path) -> str:
@@ -79,12 +80,30 @@ def read_config(path: str | Path) -> dict:
     for key in ("languages", "info"):
         if not isinstance(meta.get(key) or {}, dict):
             raise LanmtError(f"{cfg_file}: field {key} must be a JSON object")
+    if meta.get("dtype", "float32") not in DTYPES:
+        raise LanmtError(
+            f"{cfg_file}: field dtype must be one of {', '.join(DTYPES)}, got {meta['dtype']!r:.40}"
+        )
     if meta.get("teacher") is not None:
-        inside_path(meta["teacher"], "teacher", cfg_file)
+        name = inside_path(meta["teacher"], "teacher", cfg_file)
+        if Path(os.path.normpath(path / name)) == Path(os.path.normpath(path)):
+            raise LanmtError(
+                f"{cfg_file}: field teacher must name a folder inside the bundle, not {name!r} "
+                "(the bundle itself)"
+            )
+        _check_inside(path, name)
     if not (path / WEIGHTS_FILE).is_file():
         raise LanmtError(f"{path}: missing file {WEIGHTS_FILE}")
+    _check_inside(path, WEIGHTS_FILE)
     tokenizer_files(path, meta)  # inside the bundle (a teacher may share the outer one's)
     return meta
+
+
+def _check_inside(path: Path, name: str) -> None:
+    """What the bundle at `path` holds as `name` must stay inside it, links followed."""
+    root, target = path.resolve(), (path / name).resolve()
+    if not target.is_relative_to(root):
+        raise LanmtError(f"{path}: {name} lies outside the bundle (a link to {target})")
 
 
 def _outer_lanmt(path: Path) -> Path | None:
@@ -177,7 +196,12 @@ class Bundle:
         if self.kind == "transformer":
             return self
         if self._teacher is None and self.teacher_path is not None:
-            self._teacher = load_bundle(self.teacher_path, device=self.device)
+            teacher = load_bundle(self.teacher_path, device=self.device)
+            if teacher.kind != "transformer":
+                raise LanmtError(
+                    f"{self.path}: its teacher is a {teacher.kind} model, not a Transformer"
+                )
+            self._teacher = teacher
         return self._teacher
 
     def nat_runtime(self, runtime: str = "auto", compute_type: str = "auto", threads: int = 1):
@@ -300,6 +324,36 @@ def load_weights(model, file: Path) -> None:
             target.copy_(t.to(target.dtype))
 
 
+def check_weights(config, file: Path) -> None:
+    """Check that `file` holds the weights `config` asks for, from the file's header and a
+    model on the meta device: a config that does not fit fails before memory is taken."""
+    import torch
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(file), "pt") as f:
+            stored = {name: tuple(f.get_slice(name).get_shape()) for name in f.keys()}  # noqa: SIM118
+    except (SafetensorError, OSError) as err:
+        raise LanmtError(f"{file}: cannot read weights ({err})") from None
+    with torch.device("meta"):
+        model = build_model(config)
+    same: dict[int, list[str]] = {}  # tied weights are one tensor, stored under one name
+    for name, t in model.named_parameters(remove_duplicate=False):
+        same.setdefault(id(t), []).append(name)
+    names = {name: names for names in same.values() for name in names}
+    expected = {name: tuple(t.shape) for name, t in model.state_dict().items()}
+    missing = [n for n in expected if not any(m in stored for m in names.get(n, [n]))]
+    unexpected = [n for n in stored if n not in expected]
+    if missing or unexpected:
+        raise LanmtError(
+            f"{file}: weights do not fit the config (missing: {', '.join(missing[:3]) or '-'}; "
+            f"unexpected: {', '.join(unexpected[:3]) or '-'})"
+        )
+    for name, shape in stored.items():
+        if shape != expected[name]:
+            raise LanmtError(f"{file}: {name} has shape {shape}, the config needs {expected[name]}")
+
+
 def load_bundle(path: str | Path, device: str = "cpu") -> Bundle:
     """Load a bundle for inference (eval mode, float32 weights on `device`)."""
     from lanmt_cli.tokenizer import Tokenizer
@@ -307,6 +361,7 @@ def load_bundle(path: str | Path, device: str = "cpu") -> Bundle:
     path = Path(path).resolve()
     meta = read_config(path)
     config = config_from_dict(meta["model"])
+    check_weights(config, path / WEIGHTS_FILE)
     model = build_model(config)
     load_weights(model, path / WEIGHTS_FILE)
     model.to(device).eval()

@@ -8,6 +8,8 @@ from typing import Any
 
 PAD, UNK, BOS, EOS = 0, 1, 2, 3
 NUM_SPECIAL = 4
+MAX_LEN = 4096  # the longest max_len: tables of max_len rows are made from it
+MAX_LAYERS = 100  # layers of one stack
 
 
 @dataclass
@@ -107,8 +109,16 @@ def check_types(cls: type, data: Any, where: str = "") -> dict:
     return data
 
 
+def _int_range(name: str) -> tuple[int, int | None]:
+    """The least and most (None: no limit) an integer field of a model config may be."""
+    if name.endswith("_layers"):
+        return 0, MAX_LAYERS
+    return 1, MAX_LEN if name == "max_len" else None
+
+
 def check_values(config: Any) -> None:
-    """Sizes positive, layer counts not negative, rates in [0, 1), width divisible by heads."""
+    """Sizes positive, layer counts in [0, MAX_LAYERS], max_len at most MAX_LEN, rates in
+    [0, 1), width divisible by heads."""
     for f in dataclasses.fields(config):
         value = getattr(config, f.name)
         if f.type == "int" and (isinstance(value, bool) or not isinstance(value, int)):
@@ -116,9 +126,11 @@ def check_values(config: Any) -> None:
         if f.type == "float" and (isinstance(value, bool) or not isinstance(value, (int, float))):
             raise ValueError(f"field model.{f.name} must be a number, got {value!r:.40}")
         if f.type == "int":
-            least = 0 if f.name.endswith("_layers") else 1
+            least, most = _int_range(f.name)
             if value < least:
                 raise ValueError(f"field model.{f.name} must be at least {least}, got {value}")
+            if most is not None and value > most:
+                raise ValueError(f"field model.{f.name} must be at most {most}, got {value}")
         if f.type == "float" and not 0 <= value < 1:
             raise ValueError(f"field model.{f.name} must be in [0, 1), got {value}")
     if config.hidden % config.heads:

@@ -10,7 +10,9 @@ expects them: PAD "<blank>", UNK "<unk>", BOS "<s>" (the decoder's start token),
 Where a converted model comes from (`model_dir`): the teacher bundle's own `ctranslate2/`
 folder (written by `lanmt pack` and `recipes/ship_default.py`) when its key matches the
 weights; else a cache folder (`LANMT_CACHE`, or the platform's user cache), built once,
-atomically, and named by the sha256 of the weights.
+atomically, and named by the sha256 of the weights. Either is used only while every file
+still has the sha256 recorded when it was converted; a cached one that does not is
+converted again.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from lanmt_cli.errors import LanmtError
 
 CONVERTER_VERSION = 1  # bump when the mapping changes: old conversions are then rebuilt
 FOLDER = "ctranslate2"  # the converted model inside a teacher bundle
-KEY_FILE = "lanmt.json"  # {"key": ..., "converter": ...} beside the converted model
+KEY_FILE = "lanmt.json"  # {"key", "converter", "files": {name: sha256}} beside the model
 COMPUTE_TYPES = (
     "default", "auto", "float32", "int8", "int8_float32", "int16", "float16", "bfloat16",
     "int8_float16", "int8_bfloat16",
@@ -161,19 +163,28 @@ def convert(model, dest: str | Path, key: str | None = None) -> Path:
             spec.validate()
             spec.optimize(quantization="float16" if _half_is_exact(model) else None)
             spec.save(str(tmp))
-            (tmp / KEY_FILE).write_text(
-                json.dumps({"key": key, "converter": CONVERTER_VERSION}, indent=2) + "\n"
-            )
+            record = {"key": key, "converter": CONVERTER_VERSION, "files": _file_sums(tmp)}
+            (tmp / KEY_FILE).write_text(json.dumps(record, indent=2) + "\n")
     except LanmtError:
         if not _matches(dest, key):  # not another process' conversion of the same weights
             raise
     return dest
 
 
+def _file_sums(folder: Path) -> dict[str, str]:
+    """The sha256 of every file of a converted model, by name (the record aside)."""
+    from lanmt_cli.archive import sha256_file
+
+    files = sorted(p for p in folder.iterdir() if p.name != KEY_FILE and p.is_file())
+    return {p.name: sha256_file(p) for p in files}
+
+
 def _matches(folder: Path, key: str) -> bool:
+    """Whether `folder` holds the conversion of weights `key`, every file as recorded."""
     try:
-        return json.loads((folder / KEY_FILE).read_text()).get("key") == key
-    except (OSError, ValueError):
+        record = json.loads((folder / KEY_FILE).read_text())
+        return record["key"] == key and record["files"] == _file_sums(folder)
+    except (OSError, ValueError, KeyError, TypeError):
         return False
 
 
@@ -198,6 +209,11 @@ def model_dir(model, bundle_dir: str | Path | None = None) -> Path:
             shutil.rmtree(cached, ignore_errors=True)
         convert(model, cached, key)
     return cached
+
+
+def _converted(path: Path) -> bool:
+    """Whether `path` is a conversion that lanmt makes again when it is missing."""
+    return (Path(path) / KEY_FILE).is_file()
 
 
 def teacher_folder(bundle_dir: str | Path) -> Path | None:
@@ -280,7 +296,10 @@ class Engine:
                 intra_threads=threads or default_threads(),
             )
         except (RuntimeError, ValueError) as err:
-            raise LanmtError(f"CTranslate2 cannot load {path} as {compute_type}: {err}") from None
+            hint = f" (delete {path} to have it converted again)" if _converted(path) else ""
+            raise LanmtError(
+                f"CTranslate2 cannot load {path} as {compute_type}: {err}{hint}"
+            ) from None
 
     def search(
         self,

@@ -287,7 +287,12 @@ def best_of(tokens: list, scores: list[float], n: int) -> list[Output]:
 
 
 LENGTHS_OPTION = Option(
-    "lengths", int, 1, "length beam: try the N most likely lengths, keep the best", minimum=1
+    "lengths",
+    int,
+    1,
+    "length beam: try the N most likely lengths, keep the best",
+    minimum=1,
+    maximum=MAX_LENGTHS,
 )
 COMPUTE_TYPE_OPTION = Option(
     "compute_type",
@@ -303,7 +308,7 @@ RUNTIME_OPTIONS = (COMPUTE_TYPE_OPTION, RUNTIME_OPTION)
 
 
 class NATDecoder(Decoder):
-    """Shared by the LaNMT decoders: the checks of `steps` and `lengths`, and the runtime.
+    """Shared by the LaNMT decoders: the runtime, and the check of its options.
 
     `model` is a built `lanmt_cli.runtime.NATRuntime` (what `Translator` passes: built once
     per loaded model) or a LaNMT module, for which a runtime is built here from the options
@@ -327,19 +332,10 @@ class NATDecoder(Decoder):
 
     @classmethod
     def check_options(cls, options):
-        checked = super().check_options(options)
-        where = f"of decoder {cls.name}"
-        if checked.get("steps", 0) > MAX_STEPS:
-            raise OptionError(
-                f"option steps {where} must be at most {MAX_STEPS}, got {checked['steps']} "
-                "(refinement stops by itself once its output repeats)"
-            )
-        if checked.get("lengths", 1) > MAX_LENGTHS:
-            raise OptionError(
-                f"option lengths {where} must be at most {MAX_LENGTHS}, got {checked['lengths']}"
-            )
         from lanmt_cli.runtime import COMPUTE_TYPES, RUNTIMES
 
+        checked = super().check_options(options)
+        where = f"of decoder {cls.name}"
         for name, allowed in (("compute_type", COMPUTE_TYPES), ("runtime", RUNTIMES)):
             if name in checked and checked[name] not in allowed:
                 raise OptionError(

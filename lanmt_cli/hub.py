@@ -300,19 +300,12 @@ def resolve_model(spec: str | None) -> Path:
 @contextlib.contextmanager
 def _locked(name: str, say: Callable[[str], None]) -> Iterator[None]:
     """Hold the lock of one model: one install or removal of it at a time, across processes."""
-    from filelock import FileLock, Timeout
+    from lanmt_cli.locks import hold
 
-    lock = FileLock(_folder(home() / "locks") / f"{name}.lock")
-    try:
-        lock.acquire(timeout=0)
-    except Timeout:
-        say(f"waiting for another lanmt process installing or removing {name}...")
-        lock.acquire()
-    try:
+    lock_file = _folder(home() / "locks") / f"{name}.lock"  # the folder stays: others wait in it
+    with hold(lock_file, f"{name} is being installed or removed", say):
         _clean_leftovers(name)
         yield
-    finally:
-        lock.release()
 
 
 def _clean_leftovers(name: str) -> None:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -112,3 +114,31 @@ def _private_cache(tmp_path_factory):
         os.environ.pop("LANMT_CACHE", None)
     else:
         os.environ["LANMT_CACHE"] = before
+
+
+@pytest.fixture
+def full_disk(tmp_path) -> Path:
+    """A folder on a file system with no room left: a small tmpfs, filled up.
+
+    Mounting needs root on Linux (as CI runs); elsewhere the test is skipped.
+    """
+    if not sys.platform.startswith("linux") or os.geteuid() != 0:
+        pytest.skip("a full file system is a tmpfs mounted by root on Linux")
+    folder = tmp_path / "full"
+    folder.mkdir()
+    mount = ["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(folder)]
+    done = subprocess.run(mount, capture_output=True, text=True)
+    if done.returncode:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    try:
+        fd = os.open(folder / "filler", os.O_WRONLY | os.O_CREAT)
+        try:
+            while os.write(fd, bytes(4096)):
+                pass
+        except OSError:  # no space left: as meant
+            pass
+        finally:
+            os.close(fd)
+        yield folder
+    finally:
+        subprocess.run(["umount", "--lazy", str(folder)], check=True)

@@ -104,6 +104,54 @@ def test_shapes_that_do_not_fit_the_config(saved, tmp_path):
         load_bundle(path)
 
 
+def test_sizes_that_do_not_fit_the_weights_allocate_nothing(saved, tmp_path):
+    """The stored shapes are read from the file's header and compared with those of a model
+    built on the meta device: a config of huge sizes fails before any memory is taken."""
+    path = broken_copy(saved, tmp_path)
+    meta = json.loads((path / "config.json").read_text())
+    meta["model"]["ffn"] = 10**10  # 10**10 x hidden floats: far more memory than any machine
+    (path / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(LanmtError, match=r"has shape .* the config needs"):
+        load_bundle(path)
+    meta["model"]["ffn"] = saved[1].config.ffn
+    meta["model"]["decoder_layers"] = 100
+    (path / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(LanmtError, match=r"weights do not fit the config \(missing: decoder"):
+        load_bundle(path)
+
+
+@pytest.mark.parametrize("what", ["teacher", "model.safetensors"])
+def test_a_link_out_of_the_bundle_is_refused(saved, tmp_path, what):
+    """As for a tokenizer file: what a bundle holds lies inside it, links included."""
+    path = broken_copy(saved, tmp_path)
+    outside = tmp_path / f"outside-{what}"
+    (path / what).rename(outside)
+    (path / what).symlink_to(outside)
+    with pytest.raises(LanmtError, match=f"{what} lies outside the bundle .*{outside}"):
+        load_bundle(path)
+    with pytest.raises(LanmtError, match=f"{what} lies outside the bundle"):
+        read_config(path)
+
+
+def test_a_teacher_that_is_not_a_transformer_is_refused(saved, tmp_path):
+    path = broken_copy(saved, tmp_path)
+    shutil.rmtree(path / "teacher")
+    (path / "teacher").mkdir()
+    for name in ("model.safetensors", "spm.model"):
+        shutil.copy(path / name, path / "teacher" / name)
+    meta = json.loads((path / "config.json").read_text())
+    (path / "teacher" / "config.json").write_text(json.dumps({**meta, "teacher": None}))
+    with pytest.raises(LanmtError, match="teacher is a lanmt model, not a Transformer"):
+        load_bundle(path).teacher()
+
+
+def test_a_link_inside_the_bundle_is_followed(saved, tmp_path):
+    path = broken_copy(saved, tmp_path)
+    (path / "teacher").rename(path / "teacher-1")
+    (path / "teacher").symlink_to("teacher-1")
+    assert load_bundle(path).teacher().kind == "transformer"
+
+
 def test_unknown_config_field(saved, tmp_path):
     path = broken_copy(saved, tmp_path)
     meta = json.loads((path / "config.json").read_text())

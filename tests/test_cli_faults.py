@@ -1,11 +1,14 @@
 """What a new user hit (issue 14): help and version, bad config.json files, decoder options
-that are not finite, strict JSON lines, mirrors that cannot be read, the embedded model."""
+that are not finite, strict JSON lines, mirrors that cannot be read, the embedded model; and
+(issue 20) a standard output that cannot be written."""
 
 from __future__ import annotations
 
 import json
 import os
 import re
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -13,6 +16,7 @@ from typer.testing import CliRunner
 
 from lanmt_cli import __version__, archive, hub
 from lanmt_cli.app import app
+from tests.processes import cli
 
 COMMANDS = [
     [], ["translate"], ["bench"], ["prepare"], ["train"], ["decoders"], ["download"], ["pack"],
@@ -76,6 +80,10 @@ def _broken(meta: dict, case: str):
         "tokenizer outside": {**meta, "tokenizer": {"src": "../spm.model", "tgt": "spm.model"}},
         "tokenizer absolute": {**meta, "tokenizer": {"src": "/etc/hostname", "tgt": "spm.model"}},
         "teacher outside": {**meta, "teacher": "/tmp"},
+        "teacher the bundle itself": {**meta, "teacher": "."},
+        "max_len huge": {**meta, "model": {**model, "max_len": 1_000_000_000}},
+        "layers too many": {**meta, "model": {**model, "decoder_layers": 1_000_000}},
+        "dtype unknown": {**meta, "dtype": "float8"},
         "languages a string": {**meta, "languages": "en-de"},
     }[case]
 
@@ -90,6 +98,10 @@ def _broken(meta: dict, case: str):
         ("tokenizer outside", "field tokenizer.src must name a file inside the bundle folder"),
         ("tokenizer absolute", "field tokenizer.src must name a file inside the bundle folder"),
         ("teacher outside", "field teacher must name a file inside the bundle folder"),
+        ("teacher the bundle itself", "field teacher must name a folder inside the bundle, not"),
+        ("max_len huge", "field model.max_len must be at most 4096, got 1000000000"),
+        ("layers too many", "field model.decoder_layers must be at most 100, got 1000000"),
+        ("dtype unknown", "field dtype must be one of float32, float16, bfloat16, got 'float8'"),
         ("languages a string", "field languages must be a JSON object"),
     ],
 )
@@ -118,6 +130,16 @@ def test_float_options_must_be_finite_and_in_range(tiny_bundle, args, message):
     result = lanmt("translate", "-m", tiny_bundle, *args, input="red dog\n")
     assert result.exit_code == 1
     assert message in result.stderr and result.stderr.count("\n") == 1
+
+
+@pytest.mark.parametrize("command", ["translate", "bench"])
+@pytest.mark.parametrize("seed", [-1, 2**64])
+def test_a_seed_out_of_range_is_a_usage_error(tiny_bundle, command, seed):
+    result = lanmt(command, "-m", tiny_bundle, "-d", "latent-search", "--seed", seed, input="a\n")
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert "Invalid value for '--seed'" in result.stderr
+    bound = "greater than or equal to 0" if seed < 0 else f"less than or equal to {2**63 - 1}"
+    assert bound in result.stderr
 
 
 def test_jsonl_is_strict_json_even_for_scores_that_are_not_finite(tiny_bundle):
@@ -192,3 +214,48 @@ def test_the_embedded_model_has_a_description_and_is_not_called_installed(home):
     assert gone.exit_code == 1 and gone.stderr == "error: nope is not installed (installed: none)\n"
     missing = lanmt("translate", "-m", "nope", input="x\n")
     assert missing.exit_code == 1 and "embedded: default; installed: none;" in missing.stderr
+
+
+# --- a standard output that cannot be written ---------------------------------------------
+
+POSIX = pytest.mark.skipif(sys.platform == "win32", reason="/dev/full and closing fd 1")
+
+
+def _close_stdout() -> None:  # `lanmt ... >&-`
+    os.close(1)
+
+
+def run_without_stdout(args, how: str, tmp_path) -> tuple[int, str]:
+    """`lanmt ARGS > /dev/full` (a full disk) or `lanmt ARGS >&-`: exit status and stderr."""
+    kw = {"stdin": subprocess.DEVNULL, "stderr": subprocess.PIPE, "cwd": tmp_path}
+    if how == "full":
+        with open("/dev/full", "wb") as full:
+            p = cli(*args, stdout=full, **kw)
+    else:
+        p = cli(*args, preexec_fn=_close_stdout, **kw)
+    _, err = p.communicate(timeout=300)
+    return p.returncode, err.decode()
+
+
+@POSIX
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+@pytest.mark.parametrize(
+    ("command", "how"),
+    [
+        *((c, "full") for c in ("--version", "--help", "decoders", "models", "translate", "pack")),
+        *((c, "closed") for c in ("--version", "translate")),
+    ],
+)
+def test_a_stdout_that_cannot_be_written_is_one_line(command, how, tiny_bundle_copy, tmp_path):
+    """As an output file that cannot be written: one line and exit 1, for every command."""
+    args = [command]
+    if command == "translate":
+        (tmp_path / "in.txt").write_text("red dog\nbig cat\n")
+        args += ["-m", tiny_bundle_copy, "-d", "one-shot", "in.txt"]
+    elif command == "pack":  # the archive is written; the JSON entry on stdout is not
+        args += [tiny_bundle_copy, "-o", "site"]
+    rc, err = run_without_stdout(args, how, tmp_path)
+    cause = "disk full" if how == "full" else "it is closed"
+    assert rc == 1 and "Traceback" not in err
+    assert err.splitlines()[-1] == f"error: cannot write to standard output: {cause}"
+    assert len(err.splitlines()) == 1 + (command == "pack"), err  # pack: "wrote FILE"

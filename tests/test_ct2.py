@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from lanmt_cli import ct2, registry
+from lanmt_cli import archive, ct2, registry
 from lanmt_cli.bundle import load_bundle
 from lanmt_cli.errors import LanmtError
 from lanmt_cli.search import beam_search, greedy_search, max_lengths
@@ -106,6 +106,66 @@ def test_a_bundle_carries_its_conversion(tiny_bundle_copy, tmp_path, monkeypatch
         changed = load_bundle(tiny_bundle_copy / "teacher").model
         changed.project.weight.mul_(1.01)
     assert ct2.model_dir(changed, tiny_bundle_copy / "teacher") != stored
+
+
+def _damage(folder: Path, how: str) -> None:
+    """Damage a converted model as a disk error or a stray edit would."""
+    if how == "model.bin":  # 4 KiB of 0xff in the middle
+        with open(folder / "model.bin", "r+b") as f:
+            f.seek(f.seek(0, 2) // 2)
+            f.write(b"\xff" * 4096)
+        return
+    vocab = next(folder.glob("*vocabulary*"))
+    names = json.loads(vocab.read_text())
+    if how == "vocabulary swapped":  # two tokens trade places: silently wrong output
+        names[5], names[6] = names[6], names[5]
+    else:  # another model's vocabulary, of words
+        names = names[:4] + [f"word{i}" for i in range(4, len(names))]
+    vocab.write_text(json.dumps(names))
+
+
+def _greedy(folder: Path, model, sources) -> list[list[int]]:
+    limits = max_lengths(pad(sources), model, 1.5, 10).tolist()
+    return [h[0].tokens for h in ct2.Engine(folder).search(sources, limits, beam=1)]
+
+
+@pytest.mark.parametrize("how", ["model.bin", "vocabulary swapped", "vocabulary of words"])
+def test_a_damaged_conversion_is_converted_again(teacher, sources, tmp_path, monkeypatch, how):
+    """Every file of a conversion is checked against the sha256 recorded when it was made."""
+    monkeypatch.setenv("LANMT_CACHE", str(tmp_path / "cache"))
+    m = teacher.model
+    folder = ct2.model_dir(m)
+    expected = _greedy(folder, m, sources)
+    files = {p.name: p.read_bytes() for p in folder.iterdir()}
+    _damage(folder, how)
+    assert ct2.model_dir(m) == folder
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == files
+    assert _greedy(folder, m, sources) == expected
+
+
+def test_a_damaged_conversion_in_a_bundle_is_not_used(tiny_bundle_copy, tmp_path, monkeypatch):
+    monkeypatch.setenv("LANMT_CACHE", str(tmp_path / "cache"))
+    teacher_dir = tiny_bundle_copy / "teacher"
+    stored = ct2.store_in_bundle(teacher_dir)
+    _damage(stored, "model.bin")
+    model = load_bundle(teacher_dir).model
+    assert ct2.model_dir(model, teacher_dir).parent == tmp_path / "cache" / ct2.FOLDER
+    assert ct2.store_in_bundle(teacher_dir) == stored  # `lanmt pack` converts it again
+    assert ct2.model_dir(model, teacher_dir) == stored
+
+
+def test_a_conversion_that_cannot_be_loaded_says_how_to_clear_it(teacher, tmp_path, monkeypatch):
+    """Files that match their record but that CTranslate2 cannot read (another version of
+    it, say) name the folder to delete."""
+    monkeypatch.setenv("LANMT_CACHE", str(tmp_path / "cache"))
+    folder = ct2.model_dir(teacher.model)
+    (folder / "config.json").write_text("{")
+    record = json.loads((folder / ct2.KEY_FILE).read_text())
+    record["files"]["config.json"] = archive.sha256_file(folder / "config.json")
+    (folder / ct2.KEY_FILE).write_text(json.dumps(record))
+    assert ct2.model_dir(teacher.model) == folder  # as recorded: not converted again
+    with pytest.raises(LanmtError, match=f"delete {folder} to have it converted again"):
+        ct2.Engine(folder)
 
 
 @pytest.mark.parametrize(

@@ -372,6 +372,12 @@ def test_refinement_computes_duplicate_candidates_once(bundle, sources, monkeypa
         ("one-shot", {"lengths": 21}, "lengths of decoder one-shot must be at most 20"),
         ("one-shot", {"lengths": 0}, "must be at least 1"),
         ("teacher-rescore", {"normalize": "maybe"}, "takes bool"),
+        ("latent-search", {"samples": 1_000_000}, "samples of decoder latent-search must be at"),
+        ("teacher-rescore1001", {}, "samples of decoder teacher-rescore must be at most 1000"),
+        ("latent-search", {"samples": 100, "lengths": 20}, "samples x lengths .* at most 1000"),
+        ("latent-search", {"nbest": 1001}, "nbest of decoder latent-search must be at most 1000"),
+        ("beam", {"beam": 100_000}, "option beam of decoder beam must be at most 100, got"),
+        ("beam", {"nbest": 101}, "option nbest of decoder beam must be at most 100, got 101"),
     ],
 )
 def test_length_beam_and_step_limits(spec, options, message):
@@ -392,6 +398,26 @@ def test_lanmt_decoders_json_lists_the_new_options():
         o["name"] for o in rows["teacher-rescore"]["options"]
     }
     assert {"backend", "compute_type"} <= {o["name"] for o in rows["beam"]["options"]}
+
+
+def test_lanmt_decoders_shows_every_bound():
+    """Options that cost time or memory have an upper bound, and `lanmt decoders` says it."""
+    from typer.testing import CliRunner
+
+    from lanmt_cli.app import app
+
+    rows = {
+        r["name"]: r for r in json.loads(CliRunner().invoke(app, ["decoders", "--json"]).stdout)
+    }
+    bounds = {(name, o["name"]): o["maximum"] for name, row in rows.items() for o in row["options"]}
+    for name in ("latent-search", "teacher-rescore"):
+        assert bounds[name, "samples"] == bounds[name, "nbest"] == 1000
+        assert bounds[name, "steps"] == 100 and bounds[name, "lengths"] == 20
+    assert bounds["refine", "steps"] == 100 and bounds["one-shot", "lengths"] == 20
+    assert bounds["beam", "beam"] == bounds["beam", "nbest"] == 100
+    text = CliRunner().invoke(app, ["decoders"]).stdout
+    assert "--opt samples=INT  (default 50, >= 1, <= 1000)" in text
+    assert "--opt beam=INT  (default 3, >= 1, <= 100)" in text
 
 
 # --- refinement that cycles ------------------------------------------------------------------

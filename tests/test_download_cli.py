@@ -125,10 +125,11 @@ def lanmt(*args: str):
 
 
 def clean(home: Path) -> None:
-    """No temporary folder, partial download or stray file is left behind."""
+    """No temporary folder, partial download, lock file or stray file is left behind."""
     for folder in (home / "models", home / "downloads"):
         left = [p.name for p in folder.iterdir()] if folder.exists() else []
         assert [n for n in left if n.startswith(".") or n.endswith(".part")] == []
+    assert not (home / "locks").exists() or not any((home / "locks").iterdir())
 
 
 def test_download_then_translate_offline(mirror, home, tiny_bundle, tiny_task, tmp_path):

@@ -257,6 +257,27 @@ def test_bench_prints_its_table_before_a_write_fails(tiny_bundle, sources):
     assert "Traceback" not in result.output
 
 
+@pytest.mark.parametrize("existing", [False, True], ids=["new folder", "existing folder"])
+def test_bench_translations_that_run_out_of_room_leave_no_part(
+    tiny_bundle, sources, full_disk, existing
+):
+    """Room for two of the three files (sources, one-shot, beam): none of them is kept, and
+    a folder that was there keeps what it held."""
+    filler = full_disk / "filler"
+    out = full_disk / "out"
+    if existing:
+        os.truncate(filler, filler.stat().st_size - 4096)
+        out.mkdir()
+        (out / "notes.txt").write_text("mine\n")
+    os.truncate(filler, filler.stat().st_size - 8192)  # two pages of the tmpfs
+    result = lanmt("bench", "-m", tiny_bundle, "--src", sources, *BENCH, "--output-dir", out)
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert result.stderr.endswith(f"error: cannot write {out}: disk full\n")
+    assert sorted(p.name for p in full_disk.iterdir()) == ["filler", "out"][: 1 + existing]
+    if existing:
+        assert [p.name for p in out.iterdir()] == ["notes.txt"]
+
+
 def test_bench_writes_its_json_through_a_symlink(tiny_bundle, sources, tmp_path):
     target = tmp_path / "bench.json"
     link = tmp_path / "latest.json"

@@ -79,6 +79,19 @@ NO_GPU = pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine w
         pytest.param(["--gpus", "1"], "--gpus 1: this machine has no GPUs", marks=NO_GPU),
         (["--gpus", "8"], "--gpus 8: this machine has"),
         (["--gpus", "2", "--workers", "2"], "give one"),
+        (["--lr", "nan"], "lr must be a finite number, got nan"),
+        (["--lr", "inf"], "lr must be a finite number, got inf"),
+        (["--adam-eps", "nan"], "adam-eps must be a finite number, got nan"),
+        (["--adam-eps", "-1"], "adam-eps must be positive, got -1.0"),
+        (["--weight-decay", "nan"], "weight-decay must be a finite number, got nan"),
+        (["--clip-norm", "nan"], "clip-norm must be a finite number, got nan"),
+        (["--epochs", "nan"], "epochs must be a finite number, got nan"),
+        (["--epochs", "inf"], "epochs must be a finite number, got inf"),
+        (["--adam-betas", "0.9,nan"], "adam-betas must be two numbers in [0, 1), got 0.9, nan"),
+        (["--adam-betas", "1.5,0.9"], "adam-betas must be two numbers in [0, 1), got 1.5, 0.9"),
+        (["--seed", "-1"], "seed must be in [0, 2**63 - 1], got -1"),
+        (["--seed", str(2**64)], f"seed must be in [0, 2**63 - 1], got {2**64}"),
+        (["--length-penalty", "nan"], "length-penalty must be a finite number, got nan"),
     ],
 )
 def test_option_errors_come_first_and_leave_nothing(data_dir, tmp_path, stage, args, message):
@@ -133,6 +146,16 @@ def test_a_saved_training_config_with_wrong_types_names_the_field(data_dir, tmp_
     assert result.exit_code == 1
     path = (stage_dir / "train_config.json").resolve()
     assert result.stderr == f"error: {path}: field lr must be a number, got 'fast'\n"
+
+
+def test_a_saved_training_config_with_one_adam_beta_is_one_line(data_dir, tmp_path):
+    stage_dir = tmp_path / "run" / "teacher"
+    stage_dir.mkdir(parents=True)
+    (stage_dir / "train_config.json").write_text(json.dumps({"betas": [0.9], "stage": "teacher"}))
+    result = lanmt("train", "--data", data_dir, "--out", tmp_path / "run", "--stage", "teacher",
+                   "--resume")  # fmt: skip
+    assert result.exit_code == 1
+    assert result.stderr == "error: adam-betas must be two numbers in [0, 1), got 0.9\n"
 
 
 # --- one writer per stage and per prepared folder -----------------------------------------
@@ -292,6 +315,23 @@ def test_prepare_that_runs_out_of_room_leaves_nothing(tmp_path):
     assert p.returncode == 1
     assert err.decode() == f"error: cannot write {out}: file too large\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([src.name, tgt.name])
+
+
+def test_prepare_and_train_on_a_full_disk_are_one_line(data_dir, tmp_path, full_disk):
+    """The lock of the output takes no room; what cannot be written then says so."""
+    src, tgt = write_pairs(tmp_path, 50, seed=7)
+    out = full_disk / "data"
+    prepared = lanmt("prepare", "--train-src", src, "--train-tgt", tgt, "--out", out,
+                     "--vocab-size", "55")  # fmt: skip
+    assert prepared.exit_code == 1 and "Traceback" not in prepared.output
+    assert prepared.stderr == f"error: cannot write {out}: disk full\n"
+    run = full_disk / "run"
+    trained = lanmt("train", "--stage", "teacher", "--data", data_dir, "--out", run, *TINY,
+                    "--max-steps", "2")  # fmt: skip
+    assert trained.exit_code == 1 and "Traceback" not in trained.output
+    config = run / "teacher" / "train_config.json"
+    assert trained.stderr == f"error: cannot write {config}: disk full\n"
+    assert not list(full_disk.rglob(".*"))  # no lock file left, no temporary file
 
 
 # --- a checkpoint that cannot be written --------------------------------------------------

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from lanmt_cli.errors import LanmtError
 
 TRAIN_STAGES = ("teacher", "lanmt", "finetune")  # the stages that train a model
 STAGES = ("teacher", "distill", "lanmt", "finetune")  # the whole recipe, in order
+MAX_SEED = 2**63 - 1  # seeds offset by rank and step stay within torch's 64 bits
 MODEL_KIND = {"teacher": "transformer", "lanmt": "lanmt", "finetune": "lanmt"}
 AMP_MODES = ("auto", "bf16", "fp16", "off")
 CONFIG_FILE = "train_config.json"
@@ -107,7 +109,18 @@ class TrainConfig:
 
         if self.stage not in TRAIN_STAGES:
             raise LanmtError(f"unknown training stage {self.stage!r}")
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise LanmtError(f"{f.name.replace('_', '-')} must be a finite number, got {value}")
+        betas = self.betas
+        if len(betas) != 2 or not all(_number(b) and 0 <= b < 1 for b in betas):
+            got = ", ".join(str(b) for b in betas)
+            raise LanmtError(f"adam-betas must be two numbers in [0, 1), got {got}")
+        if not 0 <= self.seed <= MAX_SEED:
+            raise LanmtError(f"seed must be in [0, 2**63 - 1], got {self.seed}")
         positive = {"max_tokens": self.max_tokens, "accum": self.accum, "lr": self.lr}
+        positive["adam_eps"] = self.adam_eps
         positive |= {"valid_per_epoch": self.valid_per_epoch, "log_every": self.log_every}
         positive |= {"max_bad_updates": self.max_bad_updates, "valid_beam": self.valid_beam}
         for name in ("max_steps", "epochs", "max_time", "valid_every"):
@@ -145,6 +158,10 @@ class TrainConfig:
         if self.amp not in AMP_MODES:
             raise LanmtError(f"unknown --amp {self.amp!r} ({', '.join(AMP_MODES)})")
         return self
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 # What each stage does unless told otherwise. Finetune follows the reference

@@ -40,8 +40,12 @@ ThreadsOption = Annotated[
         help="CPU threads for batches (default: torch's); single sentences use one.",
     ),
 ]
+MAX_SEED = 2**63 - 1  # a sentence's seed is derived from it in 64 signed bits
 SeedOption = Annotated[
-    int, typer.Option("--seed", help="Seed of the sampling decoders (latent search).")
+    int,
+    typer.Option(
+        "--seed", min=0, max=MAX_SEED, help="Seed of the sampling decoders (latent search)."
+    ),
 ]
 BatchTokensOption = Annotated[
     int, typer.Option("--batch-tokens", min=1, help="Source tokens per batch, padding included.")

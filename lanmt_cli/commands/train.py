@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from enum import Enum
 from pathlib import Path
 
@@ -137,6 +138,8 @@ def train(
     from lanmt_cli.trainers.schedule import parse_duration
 
     stage = Stage(stage).value
+    if not math.isfinite(length_penalty):
+        raise LanmtError(f"length-penalty must be a finite number, got {length_penalty}")
     if not data.is_dir():
         raise LanmtError(f"{data}: no such data directory (make one with lanmt prepare)")
     betas = None
