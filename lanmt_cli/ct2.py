@@ -17,19 +17,17 @@ converted again.
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from lanmt_cli import cache
 from lanmt_cli.config import BOS, EOS, PAD, UNK
 from lanmt_cli.errors import LanmtError
 
 CONVERTER_VERSION = 1  # bump when the mapping changes: old conversions are then rebuilt
 FOLDER = "ctranslate2"  # the converted model inside a teacher bundle
-KEY_FILE = "lanmt.json"  # {"key", "converter", "files": {name: sha256}} beside the model
+KEY_FILE = cache.RECORD  # {"key", "converter", "files": {name: sha256}} beside the model
 COMPUTE_TYPES = (
     "default", "auto", "float32", "int8", "int8_float32", "int16", "float16", "bfloat16",
     "int8_float16", "int8_bfloat16",
@@ -45,12 +43,7 @@ def token_names(vocab: int) -> list[str]:
 
 def weights_key(model) -> str:
     """sha256 of the model's weights (names, shapes, float32 values) and the converter."""
-    h = hashlib.sha256(f"lanmt-ct2-{CONVERTER_VERSION}".encode())
-    for name, t in sorted(model.state_dict().items()):
-        t = t.detach().float().cpu().contiguous()
-        h.update(f"{name}{tuple(t.shape)}".encode())
-        h.update(t.numpy().tobytes())
-    return h.hexdigest()
+    return cache.weights_key(model, f"lanmt-ct2-{CONVERTER_VERSION}")
 
 
 def _np(t):
@@ -163,38 +156,21 @@ def convert(model, dest: str | Path, key: str | None = None) -> Path:
             spec.validate()
             spec.optimize(quantization="float16" if _half_is_exact(model) else None)
             spec.save(str(tmp))
-            record = {"key": key, "converter": CONVERTER_VERSION, "files": _file_sums(tmp)}
-            (tmp / KEY_FILE).write_text(json.dumps(record, indent=2) + "\n")
+            cache.write_record(tmp, key, converter=CONVERTER_VERSION)
     except LanmtError:
         if not _matches(dest, key):  # not another process' conversion of the same weights
             raise
     return dest
 
 
-def _file_sums(folder: Path) -> dict[str, str]:
-    """The sha256 of every file of a converted model, by name (the record aside)."""
-    from lanmt_cli.archive import sha256_file
-
-    files = sorted(p for p in folder.iterdir() if p.name != KEY_FILE and p.is_file())
-    return {p.name: sha256_file(p) for p in files}
-
-
 def _matches(folder: Path, key: str) -> bool:
     """Whether `folder` holds the conversion of weights `key`, every file as recorded."""
-    try:
-        record = json.loads((folder / KEY_FILE).read_text())
-        return record["key"] == key and record["files"] == _file_sums(folder)
-    except (OSError, ValueError, KeyError, TypeError):
-        return False
+    return cache.intact(folder, key)
 
 
 def cache_dir() -> Path:
     """Where converted teachers are kept: `LANMT_CACHE`, else the user cache folder."""
-    if os.environ.get("LANMT_CACHE"):
-        return Path(os.environ["LANMT_CACHE"]).expanduser() / FOLDER
-    import platformdirs
-
-    return Path(platformdirs.user_cache_dir("lanmt", appauthor=False)) / FOLDER
+    return cache.cache_dir(FOLDER)
 
 
 def model_dir(model, bundle_dir: str | Path | None = None) -> Path:

@@ -28,8 +28,6 @@ file is exported again.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import shutil
 from pathlib import Path
 
@@ -37,13 +35,13 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from lanmt_cli import cache
 from lanmt_cli.config import PAD
 from lanmt_cli.errors import LanmtError
 from lanmt_cli.model import Gaussian, LaNMT, Source
 
 EXPORT_VERSION = 1  # bump when the graphs change: old exports are then rebuilt
 FOLDER = "onnx"
-KEY_FILE = "lanmt.json"
 OPSET = 18
 COMPUTE_TYPES = ("float32", "int8")
 INT8_WEIGHT_MAX = 63  # 7-bit weights: no 16-bit overflow in AVX2's u8 x s8 pair sums
@@ -136,12 +134,11 @@ GRAPHS = {"encoder": _Encoder, "posterior": _Posterior, "length": _Length, "toke
 
 def weights_key(model: nn.Module) -> str:
     """sha256 of the model's weights (names, shapes, float32 values) and the exporter."""
-    h = hashlib.sha256(f"lanmt-onnx-{EXPORT_VERSION}".encode())
-    for name, t in sorted(model.state_dict().items()):
-        t = t.detach().float().cpu().contiguous()
-        h.update(f"{name}{tuple(t.shape)}".encode())
-        h.update(t.numpy().tobytes())
-    return h.hexdigest()
+    return cache.weights_key(model, f"lanmt-onnx-{EXPORT_VERSION}")
+
+
+def graph_files(compute_type: str) -> list[str]:
+    return [f"{name}.{compute_type}.onnx" for name in GRAPHS]
 
 
 def export(model: LaNMT, dest: str | Path, key: str | None = None) -> Path:
@@ -158,7 +155,6 @@ def export(model: LaNMT, dest: str | Path, key: str | None = None) -> Path:
     try:
         with atomic_dir(dest, replace=False) as tmp, warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the exporter's notes on traced shapes
-            files = {}
             for name, graph in GRAPHS.items():
                 inputs, outputs = NAMES[name]
                 path = tmp / f"{name}.float32.onnx"
@@ -174,56 +170,20 @@ def export(model: LaNMT, dest: str | Path, key: str | None = None) -> Path:
                         opset_version=OPSET,
                     )
                 quantize_int8(path, tmp / f"{name}.int8.onnx")
-                for kind in COMPUTE_TYPES:
-                    files[f"{name}.{kind}.onnx"] = _sha256(tmp / f"{name}.{kind}.onnx")
-            (tmp / KEY_FILE).write_text(
-                json.dumps({"key": key, "exporter": EXPORT_VERSION, "files": files}, indent=2)
-                + "\n"
-            )
-    except LanmtError:
-        if not _matches(dest, key):  # not another process' export of the same weights
+            cache.write_record(tmp, key, exporter=EXPORT_VERSION)
+    except LanmtError:  # unless another process exported the same weights meanwhile
+        if not cache.intact(dest, key):
             raise
     return dest
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _record(folder: Path) -> dict:
-    try:
-        return json.loads((folder / KEY_FILE).read_text())
-    except (OSError, ValueError):
-        return {}
-
-
-def _matches(folder: Path, key: str) -> bool:
-    return _record(folder).get("key") == key
-
-
-def _intact(folder: Path, compute_type: str) -> bool:
-    """The graphs of `compute_type` are there with the checksums recorded at export."""
-    files = _record(folder).get("files", {})
-    names = [f"{name}.{compute_type}.onnx" for name in GRAPHS]
-    try:
-        return all(name in files and _sha256(folder / name) == files[name] for name in names)
-    except OSError:
-        return False
 
 
 def model_dir(model: LaNMT, compute_type: str = "float32") -> Path:
     """The exported graphs of `model`: from the cache, exported there once if missing, and
     exported again if a file of `compute_type` is damaged (its checksum differs)."""
-    from lanmt_cli.ct2 import cache_dir
-
     key = weights_key(model)
-    cached = cache_dir().parent / FOLDER / key[:32]
-    if not (_matches(cached, key) and _intact(cached, compute_type)):
-        if cached.exists():  # stale or damaged: rebuild it
+    cached = cache.cache_dir(FOLDER) / key[:32]
+    if not cache.intact(cached, key, graph_files(compute_type)):
+        if cached.exists():  # stale or damaged: export it again
             shutil.rmtree(cached, ignore_errors=True)
         export(model, cached, key)
     return cached
@@ -381,8 +341,8 @@ class OnnxLaNMT:
         options = session_options(threads)
         self.threads = _POOL[0]
         self.sessions = {}
-        for name in GRAPHS:
-            path = folder / f"{name}.{compute_type}.onnx"
+        for name, file in zip(GRAPHS, graph_files(compute_type), strict=True):
+            path = folder / file
             try:
                 self.sessions[name] = ort.InferenceSession(
                     str(path), options, providers=["CPUExecutionProvider"]
