@@ -189,19 +189,24 @@ def test_a_second_run_of_a_stage_is_refused_naming_the_first(data_dir, tmp_path)
     assert not list((run / "teacher").glob(".*"))  # no temporary checkpoint folder
 
 
+def prepare_from_fifos(tmp_path, **popen) -> tuple[subprocess.Popen, list]:
+    """`lanmt prepare --out tmp_path/data` started on two new FIFOs, src.fifo and tgt.fifo
+    (it waits for them, holding its lock); the process and its arguments after the inputs."""
+    for name in ("src.fifo", "tgt.fifo"):
+        os.mkfifo(tmp_path / name)
+    args = ["--out", tmp_path / "data", "--vocab-size", "55"]
+    fifos = ["--train-src", tmp_path / "src.fifo", "--train-tgt", tmp_path / "tgt.fifo"]
+    return cli("prepare", *fifos, *args, **popen), args
+
+
 @POSIX
 def test_prepare_reads_pipes_once_and_locks_its_output(tmp_path):
     """`lanmt prepare` from two FIFOs: it holds the lock of --out while it waits for them
     (a second prepare is refused, naming it); each pipe is read once, so every pair counts;
     then an existing --out is refused without --force."""
     src, tgt = write_pairs(tmp_path, 2000, seed=3)
-    src_fifo, tgt_fifo = tmp_path / "src.fifo", tmp_path / "tgt.fifo"
-    os.mkfifo(src_fifo)
-    os.mkfifo(tgt_fifo)
-    out = tmp_path / "data"
-    args = ["--out", out, "--vocab-size", "55"]
-    first = cli("prepare", "--train-src", src_fifo, "--train-tgt", tgt_fifo, *args,
-                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    first, args = prepare_from_fifos(tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    src_fifo, tgt_fifo, out = tmp_path / "src.fifo", tmp_path / "tgt.fifo", tmp_path / "data"
     lock = tmp_path / ".data.lock"
     try:
         wait_for(lambda: lock.exists() and lock.read_text(), what="the first prepare's lock")
@@ -234,13 +239,8 @@ def test_a_lock_left_by_a_killed_holder_is_taken_over(tmp_path):
     clean-up), it leaves its lock file behind, naming a process that is gone. The next
     prepare takes the lock over, finishes and removes it."""
     src, tgt = write_pairs(tmp_path, 500, seed=7)
-    src_fifo, tgt_fifo = tmp_path / "src.fifo", tmp_path / "tgt.fifo"
-    os.mkfifo(src_fifo)
-    os.mkfifo(tgt_fifo)
+    first, args = prepare_from_fifos(tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     out = tmp_path / "data"
-    args = ["--out", out, "--vocab-size", "55"]
-    first = cli("prepare", "--train-src", src_fifo, "--train-tgt", tgt_fifo, *args,
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     lock = tmp_path / ".data.lock"
     try:
         wait_for(lambda: lock.exists() and lock.read_text(), what="the first prepare's lock")
@@ -252,7 +252,7 @@ def test_a_lock_left_by_a_killed_holder_is_taken_over(tmp_path):
     assert again.exit_code == 0, again.stderr
     assert read_meta(out)["splits"]["train"]["pairs"] == 500
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
-        ["data", src.name, tgt.name, src_fifo.name, tgt_fifo.name]
+        ["data", src.name, tgt.name, "src.fifo", "tgt.fifo"]
     )  # the lock file is gone, and no temporary folder is left
 
 
