@@ -6,9 +6,9 @@ name the same decoder, in arrival order, up to `max_tokens` source tokens. It wa
 more only while the batch is under budget and its oldest request has waited less than
 `max_wait` seconds; requests that arrived while the previous batch was decoding go at once.
 A request larger than what is left of the budget gives part of its sentences and goes to
-the back of the queue, so a large request delays the others by one batch, not by all of
-its own work. Decoding runs on one worker thread, off the event loop; each request gets
-its sentences' results back in order.
+the back of the queue, and requests not yet started come first in a batch, so a large
+request delays the others by one batch, not by all of its own work. Decoding runs on one
+worker thread, off the event loop; each request gets its sentences' results back in order.
 """
 
 from __future__ import annotations
@@ -194,13 +194,13 @@ class Batcher:
 
     def _take(self, key: Hashable) -> list[tuple[_Job, int]]:
         """Sentences (request, index) of one batch of decoder `key`, within the budget (a
-        longer sentence alone); a request not taken whole moves to the back of the queue."""
+        longer sentence alone): requests not yet started first, then those already partly
+        decoded; a request not taken whole moves to the back of the queue."""
         batch: list[tuple[_Job, int]] = []
         budget = self.max_tokens
         taken: list[_Job] = []
-        for job in self._pending:
-            if job.key != key:
-                continue
+        mine = [job for job in self._pending if job.key == key]
+        for job in [j for j in mine if j.next == 0] + [j for j in mine if j.next > 0]:
             start = job.next
             while job.next < len(job.lines) and (not batch or job.tokens[job.next] <= budget):
                 batch.append((job, job.next))
