@@ -186,6 +186,12 @@ def test_json_form_query_and_multipart_requests_all_translate(server, sources, r
         headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
     )
     assert status == 200 and body == {"translatedText": reference[2]}
+    status, _, body = server.request(
+        "/translate",
+        body=b"--other\r\nno headers\r\n",
+        headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
+    )
+    assert status == 400 and body["error"].startswith("malformed multipart form")
 
 
 def test_lines_of_a_text_are_translated_and_kept_apart(server, sources, reference):
@@ -298,6 +304,7 @@ def lt(**fields):
 FAULTS = {  # name: (path, body, status, message)
     "malformed JSON": ("/translate", b'{"q": "a dog', 400, "malformed JSON body"),
     "not an object": ("/translate", b'["a dog"]', 400, "must be an object, not list"),
+    "nested too deeply": ("/translate", b"[" * 50000, 400, "malformed JSON body"),
     "q a number": ("/translate", lt(q=3), 400,
                    "field q must be a string or a list of strings, not a number"),
     "q holds null": ("/translate", lt(q=["a", None]), 400, "not a list holding null"),

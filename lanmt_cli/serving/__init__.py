@@ -19,8 +19,8 @@ import importlib.util
 from lanmt_cli.errors import LanmtError
 
 EXTRAS = {
-    "serve": ("starlette", "uvicorn", "prometheus_client", "multipart"),
-    "serve-ray": ("starlette", "uvicorn", "prometheus_client", "multipart", "ray.serve"),
+    "serve": ("starlette", "uvicorn", "prometheus_client", "python_multipart"),
+    "serve-ray": ("starlette", "uvicorn", "prometheus_client", "python_multipart", "ray.serve"),
 }
 
 

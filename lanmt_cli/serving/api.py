@@ -160,6 +160,8 @@ async def read_json(request: Request, cap: int) -> dict[str, Any]:
         raise ApiError(400, "the JSON body is not UTF-8") from None
     except ValueError as err:  # JSONDecodeError, or a number too long to convert
         raise ApiError(400, f"malformed JSON body: {err}") from None
+    except RecursionError:
+        raise ApiError(400, "malformed JSON body: nested too deeply") from None
     if not isinstance(data, dict):
         raise ApiError(400, f"the JSON body must be an object, not {type(data).__name__}")
     return data
@@ -173,7 +175,6 @@ async def read_fields(request: Request, cap: int) -> dict[str, Any]:
         return await read_json(request, cap)
     fields = _merge(request.query_params.multi_items())
     if kind == "multipart/form-data":
-        from multipart.exceptions import MultipartParseError
         from starlette.formparsers import MultiPartException, MultiPartParser
 
         body = await _body(request, cap)
@@ -183,7 +184,7 @@ async def read_fields(request: Request, cap: int) -> dict[str, Any]:
 
         try:
             form = await MultiPartParser(request.headers, once(), max_files=0).parse()
-        except (MultiPartException, MultipartParseError) as err:
+        except MultiPartException as err:
             raise ApiError(400, f"malformed multipart form: {err}") from None
         return {**fields, **_merge(form.multi_items())}
     body = await _body(request, cap)
