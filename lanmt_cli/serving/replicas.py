@@ -2,8 +2,8 @@
 
 Each replica is an actor that loads the model once and runs the very app of a single
 server (`api.create_app`), batcher included; Ray Serve's HTTP proxy spreads the requests
-over the replicas. The driver waits for SIGTERM or Ctrl-C, then shuts Serve down (each
-replica finishes its requests in flight) and exits 0.
+over the replicas. The driver waits for SIGTERM or Ctrl-C, then deletes its Serve app (each
+replica finishes its requests in flight; other apps of a shared cluster stay) and exits 0.
 """
 
 from __future__ import annotations
@@ -69,7 +69,7 @@ def serve_replicas(
     say: Callable[[str], None],
 ) -> None:
     """Deploy `replicas` replicas behind Ray Serve's proxy at host:port; serve until a
-    signal."""
+    signal; then remove the app (a private cluster goes with it)."""
     import logging
 
     import ray
@@ -108,7 +108,7 @@ def serve_replicas(
         try:
             _wait_for_signal()
         finally:
-            serve.shutdown()
+            serve.delete(APP_NAME)  # the replicas answer what they hold; other apps stay
     say("stopped")
 
 
