@@ -187,7 +187,8 @@ def user_errors(fn: Callable) -> Callable:
 def _register() -> None:
     import importlib
 
-    for module in ("prepare", "train", "translate", "decoders", "bench", "download", "models"):
+    commands = ("prepare", "train", "translate", "decoders", "bench", "download", "models", "serve")
+    for module in commands:
         try:
             mod = importlib.import_module(f"lanmt_cli.commands.{module}")
         except ModuleNotFoundError as err:  # a command still being written

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -391,3 +392,27 @@ def test_ctrl_c_during_ray_workers_says_interrupted_and_exits_130(data_dir, tmp_
     assert text.endswith("interrupted\n") and "Traceback" not in text
     assert "Token authentication" not in text and "RAY_AUTH_MODE" not in text
     assert not (run / ".teacher.lock").exists()
+
+
+@POSIX
+@pytest.mark.ray
+@pytest.mark.slow
+def test_a_worker_stopped_by_rays_oom_killer_is_one_clear_line(data_dir, tmp_path):
+    """Ray's memory monitor set to kill above 1% of the node's memory: a worker is killed
+    at once, and the user reads what happened and what to do, not Ray's paragraph."""
+    env = {
+        **os.environ,
+        "RAY_memory_usage_threshold": "0.01",
+        "RAY_memory_monitor_refresh_ms": "100",
+    }
+    p = cli("train", "--stage", "teacher", "--data", data_dir, "--out", tmp_path / "run", *TINY,
+             "--workers", "2", "--max-failures", "0", "--max-steps", "1000",
+             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)  # fmt: skip
+    _, err = p.communicate(timeout=300)
+    assert p.returncode == 1 and b"Traceback" not in err
+    assert re.fullmatch(
+        r"error: training failed on the Ray workers: a worker ran out of memory: Ray's OOM "
+        r"killer stopped it \([\d.]+ ?GB of [\d.]+ ?GB in use on the node\); lower --max-tokens "
+        r"or the number of workers, or free memory",
+        err.decode().splitlines()[-1],
+    ), err.decode()

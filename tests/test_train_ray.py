@@ -28,15 +28,20 @@ TWO_WORKERS = Launch(workers=2, show=False, max_failures=2)
 
 @pytest.fixture(scope="module")
 def ray_session():
+    """A private 2-CPU Ray cluster without Ray's OOM killer: it kills workers when the whole
+    machine's memory is above 95% in use, whoever uses it, and a test that counts restarts
+    must not depend on what else the machine runs (the kernel still guards its memory)."""
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     ray = pytest.importorskip("ray")
-    ray.init(
-        address="local",
-        num_cpus=2,
-        include_dashboard=False,
-        log_to_driver=False,
-        logging_level="WARNING",
-    )
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("RAY_memory_monitor_refresh_ms", "0")  # read by the raylet ray.init starts
+        ray.init(
+            address="local",
+            num_cpus=2,
+            include_dashboard=False,
+            log_to_driver=False,
+            logging_level="WARNING",
+        )
     yield
     ray.shutdown()
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import re
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -97,18 +98,33 @@ def _check_resources(num_workers: int, use_gpu: bool, cpus: int) -> None:
         )
 
 
+_OOM = re.compile(r"running low on memory|NODE_OUT_OF_MEMORY")
+_NODE_MEMORY = re.compile(r"was ([\d.]+ ?GB) used / ([\d.]+ ?GB)")
+
+
 def _root_cause(err: BaseException) -> str:
-    """The first line of the innermost error, for a one-line message."""
-    seen = err
+    """One line for the innermost error: its last line; for a worker that Ray's OOM killer
+    stopped, that, instead of Ray's paragraph of advice."""
+    chain = [err]
     while True:
-        inner = getattr(seen, "worker_failures", None) or {}
+        inner = getattr(chain[-1], "worker_failures", None) or {}
         nxt = next(iter(inner.values()), None) if isinstance(inner, dict) else None
-        nxt = nxt or seen.__cause__
-        if nxt is None or nxt is seen:
+        nxt = nxt or chain[-1].__cause__
+        if nxt is None or nxt in chain:
             break
-        seen = nxt
-    text = str(seen).strip().splitlines()
-    return text[-1] if text else type(seen).__name__
+        chain.append(nxt)
+    texts = [str(e) for e in chain]
+    if any(isinstance(e, ray.exceptions.OutOfMemoryError) for e in chain) or any(
+        _OOM.search(t) for t in texts
+    ):
+        used = next(filter(None, map(_NODE_MEMORY.search, texts)), None)
+        node = f" ({used[1]} of {used[2]} in use on the node)" if used else ""
+        return (
+            f"a worker ran out of memory: Ray's OOM killer stopped it{node}; lower "
+            "--max-tokens or the number of workers, or free memory"
+        )
+    lines = texts[-1].strip().splitlines()
+    return lines[-1] if lines else type(chain[-1]).__name__
 
 
 def _fit(trainer: TorchTrainer):
