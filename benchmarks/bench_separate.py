@@ -130,6 +130,7 @@ def spawn(args, what: str, extra: list[str] = ()) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     test_set_options(parser, sentences=1000, latency=150)
+    parser.add_argument("--only", nargs="*", help="run only the rows whose label has one of these")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--ct2-dir", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -141,9 +142,14 @@ def main() -> None:
 
     ref = read(args.data / "test_2016_flickr.de.gz", args.sentences)
     ct2_dir = spawn(args, "convert")["ct2_dir"]
+
+    def wanted(label: str) -> bool:
+        return not args.only or any(part in label for part in args.only)
+
     runs = [(label, spawn(args, f"ct2:{beam},{ct}", ["--ct2-dir", ct2_dir]))
-            for label, beam, ct in CT2_SYSTEMS]  # fmt: skip
-    runs += [(label, spawn(args, f"lanmt:{spec}")) for label, spec in LANMT_SYSTEMS]
+            for label, beam, ct in CT2_SYSTEMS if wanted(label)]  # fmt: skip
+    runs += [(label, spawn(args, f"lanmt:{spec}"))
+             for label, spec in LANMT_SYSTEMS if wanted(label)]  # fmt: skip
     print(f"{args.sentences} sentences of test_2016_flickr (en-de), {args.threads} threads, "
           f"each system in its own process; model {args.model}")  # fmt: skip
     print()

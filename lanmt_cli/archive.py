@@ -13,7 +13,6 @@ accepted; links, devices, absolute paths and `..` are refused.
 from __future__ import annotations
 
 import gzip
-import hashlib
 import io
 import json
 import lzma
@@ -25,6 +24,7 @@ from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
 from lanmt_cli.bundle import CONFIG_FILE, read_config, standalone_config
+from lanmt_cli.cache import sha256_file  # noqa: F401  (re-exported: hub, tests)
 from lanmt_cli.errors import LanmtError
 from lanmt_cli.textio import atomic_file, copy_stream, writing
 
@@ -42,14 +42,6 @@ def check_name(name: str) -> str:
             "starting with a letter or digit)"
         )
     return name
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(_BLOCK):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def check_bundle(path: Path) -> dict:

@@ -37,10 +37,16 @@ def cache_dir(kind: str) -> Path:
     return Path(platformdirs.user_cache_dir("lanmt", appauthor=False)) / kind
 
 
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def file_sums(folder: Path, names: list[str] | None = None) -> dict[str, str]:
     """The sha256 of every file of a folder (or of those `names`), by name (the record aside)."""
-    from lanmt_cli.archive import sha256_file
-
     if names is None:
         names = sorted(p.name for p in folder.iterdir() if p.name != RECORD and p.is_file())
     return {name: sha256_file(folder / name) for name in names}

@@ -38,7 +38,7 @@ from torch import Tensor, nn
 from lanmt_cli import cache
 from lanmt_cli.config import PAD
 from lanmt_cli.errors import LanmtError
-from lanmt_cli.model import Gaussian, LaNMT, Source
+from lanmt_cli.model import PROJECT_CHUNK, Gaussian, LaNMT, Source
 
 EXPORT_VERSION = 1  # bump when the graphs change: old exports are then rebuilt
 FOLDER = "onnx"
@@ -374,8 +374,18 @@ class OnnxLaNMT:
     predict_length = LaNMT.predict_length
 
     def best_tokens(self, source: Source, z: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+        """Argmax tokens (B, Ly) and their log-probabilities (PAD and 0 beyond each length),
+        about PROJECT_CHUNK target positions a call, each padded to its own longest: each
+        block of (positions x vocabulary) logits then stays in cache, as in
+        `LaNMT.best_tokens`."""
         ly = int(lengths.max())
-        positions = torch.arange(ly)
-        return tuple(
-            self._run("tokens", source.states, source.valid, z.float(), lengths, positions)
-        )
+        rows = max(1, PROJECT_CHUNK // ly)
+        tokens = torch.full((lengths.size(0), ly), PAD, dtype=torch.long)
+        logps = torch.zeros(lengths.size(0), ly)
+        for a in range(0, lengths.size(0), rows):
+            part = lengths[a : a + rows]
+            n = int(part.max())
+            t, p = self._run("tokens", source.states[a : a + rows], source.valid[a : a + rows],
+                             z[a : a + rows].float(), part, torch.arange(n))  # fmt: skip
+            tokens[a : a + rows, :n], logps[a : a + rows, :n] = t, p
+        return tokens, logps

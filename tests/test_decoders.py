@@ -97,7 +97,7 @@ def test_latent_search_keeps_its_best_scoring_candidate(bundle, sources):
         assert out.candidates and out.candidates[0] == (out.tokens, out.score)
         assert out.score == max(s for _, s in out.candidates)
         assert len({tuple(t) for t, _ in out.candidates}) == len(out.candidates)  # distinct
-    # the seed decides the samples: the same seeds give the same result, others may differ
+    # the random seeds decide the samples: the same seeds give the same result
     again = cls(bundle.model, **options).decode(src, seeds)
     assert [o.candidates for o in again] == [o.candidates for o in outs]
 
