@@ -202,8 +202,8 @@ def test_decoder_options_in_the_spec_as_lanmt_bench_takes_them(tiny_bundle, tiny
     assert (options["samples"], options["noise"]) == (4, 4.0)  # not the defaults
     default = json.loads(_translate(str(tiny_bundle), text, "-d", "latent-search", *jsonl)[0])
     assert (default["options"]["samples"], default["options"]["noise"]) != (4, 4.0)
-    assert _translate(str(tiny_bundle), text, "-d", "one-shot:quantize=none") == _translate(
-        str(tiny_bundle), text, "-d", "one-shot", "--opt", "quantize=none"
+    assert _translate(str(tiny_bundle), text, "-d", "one-shot:compute_type=int8") == _translate(
+        str(tiny_bundle), text, "-d", "one-shot", "--opt", "compute_type=int8"
     )
 
 
