@@ -25,6 +25,7 @@ from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, Sc
 from ray.train.torch import TorchTrainer
 
 from lanmt_cli.errors import LanmtError
+from lanmt_cli.ray_cluster import ray_cluster
 from lanmt_cli.trainers.config import TrainConfig
 from lanmt_cli.trainers.loop import OnUpdate, Worker, train_loop
 
@@ -60,28 +61,6 @@ def worker_loop(loop_config: dict[str, Any]) -> dict[str, Any] | None:
     "on_update": optional callable(trainer)}."""
     cfg = TrainConfig.from_dict(loop_config["config"])
     return train_loop(cfg, RayWorker(), loop_config.get("on_update"))
-
-
-@contextlib.contextmanager
-def ray_cluster(address: str | None, num_cpus: int | None = None) -> Iterator[None]:
-    """Join the cluster at `address`, or start a private local one for this run."""
-    if ray.is_initialized():
-        yield
-        return
-    quiet = {"include_dashboard": False, "log_to_driver": False, "logging_level": "WARNING"}
-    if not address:  # a private cluster for this run: no token (and no warning about it)
-        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    try:
-        if address:
-            ray.init(address=address, log_to_driver=False, logging_level="WARNING")
-        else:
-            ray.init(address="local", num_cpus=num_cpus, **quiet)
-    except ConnectionError as err:
-        raise LanmtError(f"cannot join the Ray cluster at {address}: {err}") from None
-    try:
-        yield
-    finally:
-        ray.shutdown()
 
 
 def _check_resources(num_workers: int, use_gpu: bool, cpus: int) -> None:

@@ -8,17 +8,16 @@ replica finishes its requests in flight; other apps of a shared cluster stay) an
 
 from __future__ import annotations
 
-import contextlib
-import os
 import signal
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
 from ray import serve
 
 from lanmt_cli.errors import LanmtError
+from lanmt_cli.ray_cluster import ray_cluster
 from lanmt_cli.serving.api import ServerConfig, create_app
 from lanmt_cli.serving.engine import Engine, EngineConfig
 
@@ -78,7 +77,7 @@ def serve_replicas(
 
     engine_config = _checked(engine_config)
     cpus = _cpus_per_replica(engine_config)
-    with _cluster(address):
+    with ray_cluster(address):
         have = ray.cluster_resources().get("CPU", 0)
         if have < replicas * cpus:
             raise LanmtError(
@@ -110,28 +109,6 @@ def serve_replicas(
         finally:
             serve.delete(APP_NAME)  # the replicas answer what they hold; other apps stay
     say("stopped")
-
-
-@contextlib.contextmanager
-def _cluster(address: str | None) -> Iterator[None]:
-    """Join the Ray cluster at `address`, or start a private local one (as `lanmt train`
-    does, without importing its trainer)."""
-    import ray
-
-    quiet = {"include_dashboard": False, "log_to_driver": False, "logging_level": "WARNING"}
-    if not address:  # a private cluster: no token (and no warning about it)
-        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    try:
-        if address:
-            ray.init(address=address, log_to_driver=False, logging_level="WARNING")
-        else:
-            ray.init(address="local", **quiet)
-    except ConnectionError as err:
-        raise LanmtError(f"cannot join the Ray cluster at {address}: {err}") from None
-    try:
-        yield
-    finally:
-        ray.shutdown()
 
 
 def _wait_for_signal() -> None:
