@@ -16,6 +16,7 @@ from lanmt_cli.decoding import (
     Output,
     best_of,
     decode_latent,
+    decoded_lists,
     length_beam,
 )
 
@@ -28,10 +29,10 @@ class OneShot(NATDecoder):
     @torch.no_grad()
     def decode(self, src: Tensor, seeds: list[int] | None = None) -> list[Output]:
         m, n = self.model, self.options["lengths"]
+        if n == 1:  # one pass (one call on a runtime)
+            return best_of(*decoded_lists(m.decode_prior(src)[1]), 1)
         source = m.encode_source(src)
         z = m.prior(source).mean  # (B, Lx, D)
-        if n == 1:
-            return best_of(*decode_latent(m, source, z), 1)
         ranks, rows = length_beam(src.size(0), n, src.device)
         tokens, scores = decode_latent(m, source.select(rows), z[rows], ranks)
         return best_of(tokens, scores, n)

@@ -24,6 +24,7 @@ from lanmt_cli.decoding import (
     Output,
     best_of,
     decode_latent,
+    decoded_lists,
     length_beam,
     refine,
 )
@@ -49,12 +50,15 @@ class Refine(NATDecoder):
     @torch.no_grad()
     def decode(self, src: Tensor, seeds: list[int] | None = None) -> list[Output]:
         m, n = self.model, self.options["lengths"]
-        source = m.encode_source(src)
-        z = m.prior(source).mean  # (B, Lx, D)
         ranks, rows = length_beam(src.size(0), n, src.device)
-        if n > 1:
+        if n == 1:  # one pass (one call on a runtime)
+            source, first = m.decode_prior(src)
+            tokens, scores = decoded_lists(first)
+        else:
+            source = m.encode_source(src)
+            z = m.prior(source).mean  # (B, Lx, D)
             source, z = source.select(rows), z[rows]
-        tokens, scores = decode_latent(m, source, z, ranks)
+            tokens, scores = decode_latent(m, source, z, ranks)
         groups = rows.tolist()
         tokens, scores, _ = refine(m, source, tokens, scores, self.options["steps"], ranks, groups)
         return best_of(tokens, scores, n)

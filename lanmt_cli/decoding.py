@@ -10,12 +10,14 @@ A decoder instance holds its model (`self.model`: the LaNMT model, or the Transf
 teacher where `model_kind = "transformer"`), the teacher where it `needs_teacher`
 (`self.teacher`), and its checked option values (`self.options`, a dict by option name).
 The helpers below are the steps the built-in decoders are made of: `decode_latent` (length,
-then argmax tokens from latents z, through `LaNMT.best_tokens`), `pad_tokens`,
+then argmax tokens from latents z, through `LaNMT.best_tokens`), `decoded_lists` (the
+token lists and scores of a `Decoded` pass), `pad_tokens`,
 `content_seed`, the LaNMT search steps (`NATDecoder`, the base of a non-autoregressive
 decoder with the `runtime` and `compute_type` options; `length_beam`, `best_of`, `refine`),
 and the teacher's search and scoring on either runtime (`teacher_search`, `teacher_scores`).
 A non-autoregressive decoder searches over `self.model`'s step methods (`encode_source`,
-`prior`, `posterior`, `length_logits`, `predict_length`, `best_tokens`), which the runtime
+`prior`, `posterior`, `length_logits`, `predict_length`, `best_tokens`, and the whole
+passes `decode_z`, `decode_prior`, `decode_posterior`), which the runtime
 (`lanmt_cli.runtime`: ONNX Runtime or PyTorch) provides; it never picks an engine itself.
 """
 
@@ -32,6 +34,7 @@ from torch import Tensor
 
 from lanmt_cli.config import PAD
 from lanmt_cli.errors import LanmtError
+from lanmt_cli.model import Decoded
 from lanmt_cli.padding import pad_tokens
 
 if TYPE_CHECKING:
@@ -189,6 +192,19 @@ def length_choices(model: LaNMT, source: Source, z: Tensor, ranks: Tensor) -> tu
     return lengths, top_logp.gather(1, pick)[:, 0]
 
 
+def decoded_lists(
+    decoded: Decoded, length_logp: Tensor | None = None
+) -> tuple[list[list[int]], list[float]]:
+    """Each row's tokens cut at its length, and its score: the sum of its tokens'
+    log-probabilities, plus its length's log-probability (B,) where given."""
+    scores = decoded.logps.sum(1)  # (B,)
+    if length_logp is not None:
+        scores = scores + length_logp
+    rows = decoded.tokens.tolist()
+    cut = [row[: int(n)] for row, n in zip(rows, decoded.lengths.tolist(), strict=True)]
+    return cut, scores.tolist()
+
+
 def decode_latent(
     model: LaNMT, source: Source, z: Tensor, ranks: Tensor | None = None
 ) -> tuple[list[list[int]], list[float]]:
@@ -198,15 +214,9 @@ def decode_latent(
     ranks[i]-th most likely length, score = joint with the length's log-probability.
     """
     if ranks is None:
-        lengths, length_logp = model.predict_length(source, z), None  # (B,)
-    else:
-        lengths, length_logp = length_choices(model, source, z, ranks)
-    tokens, logps = model.best_tokens(source, z, lengths)  # (B, Ly) each
-    scores = logps.sum(1)  # (B,)
-    if length_logp is not None:
-        scores = scores + length_logp
-    rows = tokens.tolist()
-    return [row[: int(n)] for row, n in zip(rows, lengths.tolist(), strict=True)], scores.tolist()
+        return decoded_lists(model.decode_z(source, z))
+    lengths, length_logp = length_choices(model, source, z, ranks)
+    return decoded_lists(Decoded(lengths, *model.best_tokens(source, z, lengths)), length_logp)
 
 
 # --- LaNMT: the search steps of the built-in decoders, for any NAT decoder -----------------
@@ -249,9 +259,11 @@ def refine(
         index = torch.tensor(unique, device=source.valid.device)
         sub = source.select(index)
         y = pad_tokens([tokens[i] for i in unique], source.valid.device)  # (b, Ly)
-        z = model.posterior(sub, y).mean  # (b, Lx, D)
-        sub_ranks = None if ranks is None else ranks[index]
-        new_tokens, new_scores = decode_latent(model, sub, z, sub_ranks)
+        if ranks is None:  # the most likely length: one pass (one call on a runtime)
+            new_tokens, new_scores = decoded_lists(model.decode_posterior(sub, y))
+        else:
+            z = model.posterior(sub, y).mean  # (b, Lx, D)
+            new_tokens, new_scores = decode_latent(model, sub, z, ranks[index])
         result = dict(zip(unique, zip(new_tokens, new_scores, strict=True), strict=True))
         still = []
         for row in active:

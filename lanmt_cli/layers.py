@@ -172,6 +172,16 @@ class Stack(nn.Module):
         return self.norm(x)
 
 
+def fuse_attention(model: nn.Module) -> nn.Module:
+    """For inference: every layer's attention projections fused (`Attention.fuse`), in place."""
+    for block in model.modules():
+        if isinstance(block, Layer):
+            block.self_attn.fuse(self_attention=True)
+            if block.cross_attn is not None:
+                block.cross_attn.fuse(self_attention=False)
+    return model
+
+
 def key_mask(valid: Tensor) -> Tensor:
     """(B, L) bool valid positions -> (B, 1, 1, L) attention mask."""
     return valid[:, None, None, :]

@@ -1,7 +1,9 @@
 """LaNMT: latent-variable non-autoregressive translation (Shu, Lee, Nakayama, Cho; AAAI 2020).
 
 The model exposes the small steps the decoders are built from (see `decoders/`):
-`encode_source`, `prior`, `posterior`, `predict_length`, `decode`; search stays outside.
+`encode_source`, `prior`, `posterior`, `predict_length`, `best_tokens`, and the two passes
+most decoding is made of, `decode_prior` (one-shot) and `decode_posterior` (a refinement
+step), which a runtime may run as one call each; search stays outside.
 Spec: shared/docs/LANMT.md.
 """
 
@@ -33,6 +35,15 @@ class Source:
 
     def select(self, index: Tensor) -> Source:
         return Source(*(t.index_select(0, index) for t in (self.embedded, self.states, self.valid)))
+
+
+@dataclass
+class Decoded:
+    """Argmax tokens at the most likely length: what one pass of the decoder gives."""
+
+    lengths: Tensor  # (B,)
+    tokens: Tensor  # (B, Ly) PAD beyond each length
+    logps: Tensor  # (B, Ly) each token's log-probability, 0 beyond each length
 
 
 @dataclass
@@ -196,6 +207,20 @@ class LaNMT(nn.Module):
         logps[valid] = best
         return tokens, logps
 
+    def decode_z(self, source: Source, z: Tensor) -> Decoded:
+        """The most likely length, then the argmax tokens, from latents z (B, Lx, D)."""
+        lengths = self.predict_length(source, z)
+        return Decoded(lengths, *self.best_tokens(source, z, lengths))
+
+    def decode_prior(self, src: Tensor) -> tuple[Source, Decoded]:
+        """One-shot decoding in one step: encode src (B, Lx), z = the prior mean, decode."""
+        source = self.encode_source(src)
+        return source, self.decode_z(source, self.prior(source).mean)
+
+    def decode_posterior(self, source: Source, tgt: Tensor) -> Decoded:
+        """A refinement step in one: z = the posterior mean given tgt (B, Ly), decode."""
+        return self.decode_z(source, self.posterior(source, tgt).mean)
+
     def log_probs(self, source: Source, z: Tensor, lengths: Tensor) -> Tensor:
         """Per-position target log-probabilities (B, Ly, V)."""
         return self.decode(source, z, lengths).float().log_softmax(-1)
@@ -256,4 +281,4 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-__all__ = ["LaNMT", "Source", "Gaussian", "gaussian_kl", "length_weights"]
+__all__ = ["LaNMT", "Source", "Decoded", "Gaussian", "gaussian_kl", "length_weights"]

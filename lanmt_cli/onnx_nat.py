@@ -1,16 +1,26 @@
 """The LaNMT model on ONNX Runtime: the CPU runtime of the non-autoregressive decoders.
 
-The model's steps are exported once to four ONNX graphs, with dynamic batch and lengths:
+The model's steps are exported once to ONNX graphs, with dynamic batch and lengths (the
+attention projections fused, `lanmt_cli.layers.fuse_attention`). Two are whole passes, so
+that one-shot decoding is one call and each refinement step another:
+
+- `prior_pass`: source ids -> embeddings, prior states, prior mean and std, the most likely
+  target lengths, argmax tokens and their log-probabilities (PAD and 0 beyond each length);
+- `posterior_pass`: embeddings, prior states, source mask, target ids -> the same lengths,
+  tokens and log-probabilities, from the posterior mean;
+
+and four are the single steps a search combines otherwise (length beam, latent search):
 
 - `encoder`: source ids -> embeddings, prior states, prior mean and std;
 - `posterior`: embeddings, source mask, target ids -> posterior mean and std;
 - `length`: prior states, source mask, z -> length scores;
 - `tokens`: prior states, source mask, z, target lengths, positions -> argmax tokens and their
-  log-probabilities (PAD and 0 beyond each length).
+  log-probabilities.
 
 `OnnxLaNMT` runs them behind the same step methods as `lanmt_cli.model.LaNMT`
-(`encode_source`, `prior`, `posterior`, `length_logits`, `predict_length`, `best_tokens`), so
-the decoders search over either runtime alike.
+(`encode_source`, `prior`, `posterior`, `length_logits`, `predict_length`, `best_tokens`,
+`decode_z`, `decode_prior`, `decode_posterior`), so the decoders search over either runtime
+alike. A session is made when its graph is first used.
 
 Compute types: float32 (the exported graphs; the same argmax tokens as PyTorch) and int8.
 int8 rewrites every matrix product with a constant weight into integer arithmetic with one
@@ -38,9 +48,10 @@ from torch import Tensor, nn
 from lanmt_cli import cache
 from lanmt_cli.config import PAD
 from lanmt_cli.errors import LanmtError
-from lanmt_cli.model import PROJECT_CHUNK, Gaussian, LaNMT, Source
+from lanmt_cli.layers import fuse_attention
+from lanmt_cli.model import PROJECT_CHUNK, Decoded, Gaussian, LaNMT, Source
 
-EXPORT_VERSION = 1  # bump when the graphs change: old exports are then rebuilt
+EXPORT_VERSION = 3  # bump when the graphs change: old exports are then rebuilt
 FOLDER = "onnx"
 OPSET = 18
 COMPUTE_TYPES = ("float32", "int8")
@@ -80,19 +91,55 @@ class _Length(nn.Module):
         return self.model.length_logits(Source(states, states, valid), z)
 
 
+def _argmax_tokens(
+    model: LaNMT, source: Source, z: Tensor, lengths: Tensor, positions: Tensor
+) -> tuple[Tensor, Tensor]:
+    """Argmax tokens (B, Ly) and their log-probabilities, PAD and 0 beyond each length;
+    Ly = the size of positions (0, 1, ..., Ly - 1)."""
+    h = model.decoder_states(source, z, lengths, positions.size(0))  # (B, Ly, H)
+    # as LaNMT.best_tokens: the argmax of the log-softmax (a LogSoftmax node: vectorised,
+    # where ReduceLogSumExp took a sixth of a batched one-shot pass)
+    logp, tokens = model.project(h).log_softmax(-1).max(-1)  # (B, Ly) each
+    inside = positions[None, :] < lengths[:, None]  # (B, Ly)
+    return tokens.where(inside, PAD), logp.where(inside, 0.0)
+
+
 class _Tokens(nn.Module):
     def __init__(self, model: LaNMT):
         super().__init__()
         self.model = model
 
     def forward(self, states: Tensor, valid: Tensor, z: Tensor, lengths: Tensor, positions: Tensor):
-        source = Source(states, states, valid)
-        h = self.model.decoder_states(source, z, lengths, positions.size(0))  # (B, Ly, H)
-        logits = self.model.project(h)  # (B, Ly, V)
-        best, tokens = logits.max(-1)  # (B, Ly)
-        logp = best - logits.logsumexp(-1)  # log-probability of the argmax
-        inside = positions[None, :] < lengths[:, None]  # (B, Ly)
-        return tokens.where(inside, PAD), logp.where(inside, 0.0)
+        return _argmax_tokens(self.model, Source(states, states, valid), z, lengths, positions)
+
+
+class _PriorPass(nn.Module):
+    def __init__(self, model: LaNMT):
+        super().__init__()
+        self.model = model
+
+    def forward(self, src: Tensor):  # (B, Lx)
+        m = self.model
+        source = m.encode_source(src)
+        prior = m.prior(source)
+        lengths = m.predict_length(source, prior.mean)  # (B,)
+        positions = torch.arange(lengths.max())  # (Ly,): traced as a computed size
+        tokens, logp = _argmax_tokens(m, source, prior.mean, lengths, positions)
+        return source.embedded, source.states, prior.mean, prior.std, lengths, tokens, logp
+
+
+class _PosteriorPass(nn.Module):
+    def __init__(self, model: LaNMT):
+        super().__init__()
+        self.model = model
+
+    def forward(self, embedded: Tensor, states: Tensor, valid: Tensor, tgt: Tensor):
+        m = self.model
+        source = Source(embedded, states, valid)
+        z = m.posterior(source, tgt).mean  # (B, Lx, D)
+        lengths = m.predict_length(source, z)  # (B,)
+        tokens, logp = _argmax_tokens(m, source, z, lengths, torch.arange(lengths.max()))
+        return lengths, tokens, logp
 
 
 def _examples(model: LaNMT) -> dict[str, tuple]:
@@ -103,7 +150,10 @@ def _examples(model: LaNMT) -> dict[str, tuple]:
     valid = torch.ones(3, 7, dtype=torch.bool)
     states = torch.randn(3, 7, c.hidden)
     z = torch.randn(3, 7, c.latent_dim)
+    tgt = torch.randint(4, c.tgt_vocab, (3, 9))
     return {
+        "prior_pass": (src,),
+        "posterior_pass": (states, states, valid, tgt),
         "encoder": (src,),
         "posterior": (states, valid, torch.randint(4, c.tgt_vocab, (3, 9))),
         "length": (states, valid, z),
@@ -113,6 +163,11 @@ def _examples(model: LaNMT) -> dict[str, tuple]:
 
 # Input and output names of each graph, and the dynamic axes of every name.
 NAMES = {
+    "prior_pass": (
+        ["src"],
+        ["embedded", "states", "prior_mean", "prior_std", "lengths", "tokens", "logp"],
+    ),
+    "posterior_pass": (["embedded", "states", "valid", "tgt"], ["lengths", "tokens", "logp"]),
     "encoder": (["src"], ["embedded", "states", "prior_mean", "prior_std"]),
     "posterior": (["embedded", "valid", "tgt"], ["mean", "std"]),
     "length": (["states", "valid", "z"], ["logits"]),
@@ -129,7 +184,14 @@ AXES = {
 }
 
 
-GRAPHS = {"encoder": _Encoder, "posterior": _Posterior, "length": _Length, "tokens": _Tokens}
+GRAPHS = {
+    "prior_pass": _PriorPass,
+    "posterior_pass": _PosteriorPass,
+    "encoder": _Encoder,
+    "posterior": _Posterior,
+    "length": _Length,
+    "tokens": _Tokens,
+}
 
 
 def weights_key(model: nn.Module) -> str:
@@ -150,7 +212,7 @@ def export(model: LaNMT, dest: str | Path, key: str | None = None) -> Path:
 
     dest = Path(dest)
     key = key or weights_key(model)
-    plain = copy.deepcopy(model).float().cpu().eval()
+    plain = fuse_attention(copy.deepcopy(model).float().cpu().eval())
     examples = _examples(plain)
     try:
         with atomic_dir(dest, replace=False) as tmp, warnings.catch_warnings():
@@ -197,7 +259,8 @@ def quantize_int8(source: Path, dest: Path) -> None:
 
     x (..., K) float -> row scale s = max|x| / 127, q = round(x / s) + 128 (uint8); the
     weight w (K, N) -> int8 with column scales t = max|w| / 63. Then
-    MatMulInteger(q, w_q, zero point 128) * s * t (+ bias) in float32.
+    MatMulIntegerToFloat(q, w_q, zero point 128, scales t) * s (+ bias) in float32 (ONNX
+    Runtime's contrib op: the column scales applied as the product is written out).
     """
     import onnx
     from onnx import helper, numpy_helper
@@ -217,9 +280,11 @@ def quantize_int8(source: Path, dest: Path) -> None:
         return name
 
     zero = const(np.array(128, dtype=np.uint8), "zero")
+    one = const(np.array(1.0, dtype=np.float32), "one")
     eps = const(np.array(1e-12, dtype=np.float32), "eps")
     inv127 = const(np.array(1.0 / 127.0, dtype=np.float32), "inv127")
     bias128 = const(np.array(128.0, dtype=np.float32), "f128")
+    quantized: dict[str, tuple[str, str]] = {}  # input -> its uint8 values and row scales
     for node in graph.node:
         weight_name = _constant_weight(node, consts)
         if weight_name is None:
@@ -231,26 +296,34 @@ def quantize_int8(source: Path, dest: Path) -> None:
         scale = np.maximum(np.abs(w).max(0), 1e-12) / INT8_WEIGHT_MAX  # (N,)
         wq = np.clip(np.round(w / scale), -INT8_WEIGHT_MAX, INT8_WEIGHT_MAX).astype(np.int8)
         x, out = node.input[0], node.output[0]
-        n = {k: fresh(k) for k in ("abs", "max", "s", "xs", "r", "u", "q", "i", "f", "fs", "y")}
-        nodes += [
-            helper.make_node("Abs", [x], [n["abs"]]),
-            helper.make_node(
-                "ReduceMax", [n["abs"], const(np.array([-1]), "axes")], [n["max"]], keepdims=1
-            ),  # fmt: skip
-            helper.make_node("Max", [n["max"], eps], [n["s"]]),
-            helper.make_node("Mul", [n["s"], inv127], [n["xs"]]),  # row scale (..., 1)
-            helper.make_node("Div", [x, n["xs"]], [n["r"]]),
-            helper.make_node("Round", [n["r"]], [n["u"]]),
-            helper.make_node("Add", [n["u"], bias128], [n["q"]]),
-            helper.make_node("Cast", [n["q"]], [n["i"]], to=onnx.TensorProto.UINT8),
-            helper.make_node("MatMulInteger", [n["i"], const(wq, "w"), zero], [n["f"]]),
-            helper.make_node("Cast", [n["f"]], [n["fs"]], to=onnx.TensorProto.FLOAT),
-            helper.make_node("Mul", [n["fs"], n["xs"]], [n["y"]]),
-        ]
+        if x not in quantized:  # once per input: q, k and v, or every layer's memory, share it
+            n = {k: fresh(k) for k in ("abs", "max", "s", "xs", "r", "u", "q", "i")}
+            nodes += [
+                helper.make_node("Abs", [x], [n["abs"]]),
+                helper.make_node(
+                    "ReduceMax", [n["abs"], const(np.array([-1]), "axes")], [n["max"]], keepdims=1
+                ),  # fmt: skip
+                helper.make_node("Max", [n["max"], eps], [n["s"]]),
+                helper.make_node("Mul", [n["s"], inv127], [n["xs"]]),  # row scale (..., 1)
+                helper.make_node("Div", [x, n["xs"]], [n["r"]]),
+                helper.make_node("Round", [n["r"]], [n["u"]]),
+                helper.make_node("Add", [n["u"], bias128], [n["q"]]),
+                helper.make_node("Cast", [n["q"]], [n["i"]], to=onnx.TensorProto.UINT8),
+            ]
+            quantized[x] = (n["i"], n["xs"])
+        n = {"i": quantized[x][0], "xs": quantized[x][1]}
+        n["f"] = fresh("f")
         bias = node.input[2] if node.op_type == "Gemm" and len(node.input) > 2 else None
         scaled = out if bias is None else fresh("scaled")
-        nodes.append(helper.make_node("Mul", [n["y"], const(scale.astype(np.float32), "t")],
-                                      [scaled]))  # fmt: skip
+        nodes += [  # the column scales applied as the integer product is written out
+            helper.make_node(
+                "MatMulIntegerToFloat",
+                [n["i"], const(wq, "w"), one, const(scale.astype(np.float32), "t"), zero],
+                [n["f"]],
+                domain="com.microsoft",
+            ),
+            helper.make_node("Mul", [n["f"], n["xs"]], [scaled]),
+        ]
         if bias is not None:
             nodes.append(helper.make_node("Add", [scaled, bias], [out]))
     del graph.node[:]
@@ -260,6 +333,8 @@ def quantize_int8(source: Path, dest: Path) -> None:
     keep = [t for t in graph.initializer if t.name in used]
     del graph.initializer[:]
     graph.initializer.extend(keep)
+    if not any(o.domain == "com.microsoft" for o in graph_model.opset_import):
+        graph_model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
     onnx.save(graph_model, str(dest))
 
 
@@ -331,31 +406,37 @@ class OnnxLaNMT:
     def __init__(self, model: LaNMT, compute_type: str = "float32", threads: int = 1):
         """threads: the size of the process' ONNX Runtime thread pool, if this is the first
         runtime of the process (`threads` reports the pool's size)."""
-        import onnxruntime as ort
-
         if compute_type not in COMPUTE_TYPES:
             raise LanmtError(f"ONNX Runtime runs the model in {', '.join(COMPUTE_TYPES)} only")
         self.config = model.config
         self.compute_type = compute_type
-        folder = model_dir(model, compute_type)
-        options = session_options(threads)
+        self.folder = model_dir(model, compute_type)
+        self.options = session_options(threads)
         self.threads = _POOL[0]
-        self.sessions = {}
-        for name, file in zip(GRAPHS, graph_files(compute_type), strict=True):
-            path = folder / file
+        self.sessions: dict[str, tuple] = {}  # graph -> (session, the inputs it takes)
+
+    def _session(self, name: str) -> tuple:
+        """The session of graph `name` and its input names, made at its first use."""
+        if name not in self.sessions:
+            import onnxruntime as ort
+
+            path = self.folder / f"{name}.{self.compute_type}.onnx"
             try:
-                self.sessions[name] = ort.InferenceSession(
-                    str(path), options, providers=["CPUExecutionProvider"]
+                session = ort.InferenceSession(
+                    str(path), self.options, providers=["CPUExecutionProvider"]
                 )
             except Exception as err:  # ONNX Runtime's own errors have no common base class
                 raise LanmtError(
                     f"ONNX Runtime cannot load {path}: {str(err).splitlines()[0]}"
                 ) from None
+            taken = {i.name for i in session.get_inputs()}  # an exporter drops unused inputs
+            self.sessions[name] = (session, [n for n in NAMES[name][0] if n in taken])
+        return self.sessions[name]
 
     def _run(self, name: str, *inputs: Tensor) -> list[Tensor]:
-        session = self.sessions[name]
-        taken = {i.name for i in session.get_inputs()}  # an exporter drops unused inputs
-        feed = {n: _np(x) for n, x in zip(NAMES[name][0], inputs, strict=True) if n in taken}
+        session, taken = self._session(name)
+        given = dict(zip(NAMES[name][0], inputs, strict=True))
+        feed = {n: _np(given[n]) for n in taken}
         return [torch.from_numpy(a) for a in session.run(None, feed)]
 
     def encode_source(self, src: Tensor) -> OnnxSource:
@@ -372,20 +453,55 @@ class OnnxLaNMT:
         return self._run("length", source.states, source.valid, z.float())[0]
 
     predict_length = LaNMT.predict_length
+    decode_z = LaNMT.decode_z
 
     def best_tokens(self, source: Source, z: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
         """Argmax tokens (B, Ly) and their log-probabilities (PAD and 0 beyond each length),
         about PROJECT_CHUNK target positions a call, each padded to its own longest: each
         block of (positions x vocabulary) logits then stays in cache, as in
         `LaNMT.best_tokens`."""
-        ly = int(lengths.max())
-        rows = max(1, PROJECT_CHUNK // ly)
-        tokens = torch.full((lengths.size(0), ly), PAD, dtype=torch.long)
-        logps = torch.zeros(lengths.size(0), ly)
-        for a in range(0, lengths.size(0), rows):
-            part = lengths[a : a + rows]
-            n = int(part.max())
-            t, p = self._run("tokens", source.states[a : a + rows], source.valid[a : a + rows],
-                             z[a : a + rows].float(), part, torch.arange(n))  # fmt: skip
-            tokens[a : a + rows, :n], logps[a : a + rows, :n] = t, p
-        return tokens, logps
+        parts = []
+        for rows in _chunks(lengths.size(0), int(lengths.max())):
+            part, positions = lengths[rows], torch.arange(int(lengths[rows].max()))
+            inputs = (source.states[rows], source.valid[rows], z[rows].float(), part, positions)
+            parts.append((part, *self._run("tokens", *inputs)))
+        decoded = _joined(parts)
+        return decoded.tokens, decoded.logps
+
+    def decode_prior(self, src: Tensor) -> tuple[OnnxSource, Decoded]:
+        """One-shot in one call a chunk (`prior_pass`): the encoded source, with its prior,
+        and the argmax tokens at the most likely lengths."""
+        outs = [self._run("prior_pass", src[rows]) for rows in _chunks(src.size(0), src.size(1))]
+        embedded, states, mean, std = (torch.cat([o[i] for o in outs]) for i in range(4))
+        source = OnnxSource(embedded, states, src != PAD, Gaussian(mean, std))
+        return source, _joined([o[4:] for o in outs])
+
+    def decode_posterior(self, source: Source, tgt: Tensor) -> Decoded:
+        """A refinement step in one call a chunk (`posterior_pass`)."""
+        return _joined([
+            self._run("posterior_pass", source.embedded[rows], source.states[rows],
+                      source.valid[rows], tgt[rows])
+            for rows in _chunks(tgt.size(0), tgt.size(1))
+        ])  # fmt: skip
+
+
+def _chunks(batch: int, length: int) -> list[slice]:
+    """Slices of about PROJECT_CHUNK target positions of a batch whose rows are `length`
+    long: each block of (positions x vocabulary) logits then stays in cache."""
+    rows = max(1, PROJECT_CHUNK // max(1, length))
+    return [slice(a, a + rows) for a in range(0, batch, rows)]
+
+
+def _joined(parts: list) -> Decoded:
+    """One Decoded from the (lengths, tokens, logps) of consecutive chunks of rows, each
+    padded to its own longest."""
+    lengths = torch.cat([p[0] for p in parts])
+    ly = max(p[1].size(1) for p in parts)
+    tokens = torch.full((lengths.size(0), ly), PAD, dtype=torch.long)
+    logps = torch.zeros(lengths.size(0), ly)
+    at = 0
+    for _, t, p in parts:
+        tokens[at : at + t.size(0), : t.size(1)] = t
+        logps[at : at + t.size(0), : t.size(1)] = p
+        at += t.size(0)
+    return Decoded(lengths, tokens, logps)

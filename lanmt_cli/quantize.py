@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lanmt_cli.layers import Layer
+from lanmt_cli.layers import fuse_attention
 
 
 class Int8Linear(nn.Module):
@@ -114,12 +114,7 @@ def cpu_inference_copy(model: nn.Module, kind: str = "float32") -> nn.Module:
     (`Attention.fuse`) and every nn.Linear made a `kind` layer: float32 (packed), int8 or
     bfloat16 (where the CPU multiplies it: `lanmt_cli.runtime` checks)."""
     layer = LAYERS[kind]
-    copied = copy.deepcopy(model).cpu().eval()
-    for block in copied.modules():
-        if isinstance(block, Layer):
-            block.self_attn.fuse(self_attention=True)
-            if block.cross_attn is not None:
-                block.cross_attn.fuse(self_attention=False)
+    copied = fuse_attention(copy.deepcopy(model).cpu().eval())
     for module in list(copied.modules()):
         for name, child in list(module.named_children()):
             if isinstance(child, nn.Linear):

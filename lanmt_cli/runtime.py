@@ -1,7 +1,8 @@
 """Runtimes of the non-autoregressive model: built once per loaded model, searched by decoders.
 
 A runtime offers the LaNMT step methods the decoders are made of (`encode_source`, `prior`,
-`posterior`, `length_logits`, `predict_length`, `best_tokens`; see `lanmt_cli.model`). Which
+`posterior`, `length_logits`, `predict_length`, `best_tokens`, and the whole passes
+`decode_z`, `decode_prior`, `decode_posterior`; see `lanmt_cli.model`). Which
 engine runs them and in what precision is decided here, once, not by the decoders:
 
 - `onnx`: ONNX Runtime (`lanmt_cli.onnx_nat`), float32 or int8; the CPU default.
