@@ -55,8 +55,10 @@ def run_ct2(args, beam: int, compute_type: str) -> dict:
     tokenizer = Tokenizer.from_dir(Path(args.model))
     src = read(args.data / "test_2016_flickr.en.gz", args.sentences)
     names = [_names(ids) for ids in tokenizer.encode_src(src)]
-    options = dict(beam_size=beam, max_decoding_length=256, min_decoding_length=0,
-                   max_input_length=0)  # fmt: skip
+    # at most the teacher's positions in and out (lanmt splits a longer input in pieces; no
+    # sentence of test_2016_flickr comes near the shipped teacher's 256)
+    options = dict(beam_size=beam, max_decoding_length=args.max_len, min_decoding_length=0,
+                   max_input_length=args.max_len)  # fmt: skip
     latency = {}  # batch 1 on 1 thread and on --threads: the row reports the faster
     for threads in sorted({1, args.threads}):
         translator = ctranslate2.Translator(
@@ -97,20 +99,22 @@ def run_lanmt(args, spec: str) -> dict:
             "hyps": [r.translation for r in results]}  # fmt: skip
 
 
-def converted_teacher(model: str) -> str:
-    """The CTranslate2 folder of the bundle's teacher (converted once, lanmt_cli.ct2)."""
+def converted_teacher(model: str) -> dict:
+    """The CTranslate2 folder of the bundle's teacher (converted once, lanmt_cli.ct2) and
+    the teacher's longest output (its max_len: the positions it has)."""
     from lanmt_cli import ct2
     from lanmt_cli.bundle import load_bundle
 
     bundle = load_bundle(model)
     teacher = bundle.teacher().model
-    return str(ct2.model_dir(teacher, getattr(teacher, "bundle_dir", None)))
+    folder = ct2.model_dir(teacher, getattr(teacher, "bundle_dir", None))
+    return {"ct2_dir": str(folder), "max_len": teacher.config.max_len}
 
 
 def child(args) -> None:
     kind, _, what = args.child.partition(":")
     if kind == "convert":
-        out = {"ct2_dir": converted_teacher(args.model)}
+        out = converted_teacher(args.model)
     elif kind == "ct2":
         beam, compute_type = what.split(",")
         out = run_ct2(args, int(beam), compute_type)
@@ -123,7 +127,9 @@ def spawn(args, what: str, extra: list[str] = ()) -> dict:
     cmd = [sys.executable, __file__, "--child", what, "--model", args.model,
            "--data", str(args.data), "--threads", str(args.threads),
            "--sentences", str(args.sentences), "--latency", str(args.latency), *extra]  # fmt: skip
-    done = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0:
+        sys.exit(f"{what} failed:\n{done.stderr[-2000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
@@ -133,6 +139,7 @@ def main() -> None:
     parser.add_argument("--only", nargs="*", help="run only the rows whose label has one of these")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--ct2-dir", help=argparse.SUPPRESS)
+    parser.add_argument("--max-len", type=int, default=256, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         child(args)
@@ -141,12 +148,13 @@ def main() -> None:
     import sacrebleu
 
     ref = read(args.data / "test_2016_flickr.de.gz", args.sentences)
-    ct2_dir = spawn(args, "convert")["ct2_dir"]
+    teacher = spawn(args, "convert")
 
     def wanted(label: str) -> bool:
         return not args.only or any(part in label for part in args.only)
 
-    runs = [(label, spawn(args, f"ct2:{beam},{ct}", ["--ct2-dir", ct2_dir]))
+    runs = [(label, spawn(args, f"ct2:{beam},{ct}", ["--ct2-dir", teacher["ct2_dir"],
+                                                      "--max-len", str(teacher["max_len"])]))
             for label, beam, ct in CT2_SYSTEMS if wanted(label)]  # fmt: skip
     runs += [(label, spawn(args, f"lanmt:{spec}"))
              for label, spec in LANMT_SYSTEMS if wanted(label)]  # fmt: skip

@@ -108,7 +108,8 @@ async def load(port: int, sentences: list[str], clients: int, requests: int) -> 
 
 def in_process(args, spec: str, sentences: list[str]) -> dict:
     """Batch-1 latency and offline batched sentences/s of the decoder, in this process."""
-    from lanmt_cli.bench import parse_spec, runtime_options
+    from lanmt_cli.bench import runtime_options
+    from lanmt_cli.registry import parse_spec
     from lanmt_cli.translator import Translator
 
     name, options = parse_spec(spec)
@@ -130,7 +131,7 @@ def in_process(args, spec: str, sentences: list[str]) -> dict:
         runs.append(time.perf_counter() - start)
     runtime = runtime_options(tr)
     return {
-        "runtime": f"{runtime.get('backend')} {runtime.get('compute_type')}",
+        "runtime": runtime["runtime"],  # engine and precision, e.g. "onnx float32"
         "batch1_p50_ms": statistics.median(alone),
         "offline_sentences_per_s": len(sentences) / statistics.median(runs),
     }
@@ -140,7 +141,7 @@ def in_process(args, spec: str, sentences: list[str]) -> dict:
 
 
 def start_server(args, spec: str, log: Path) -> tuple[subprocess.Popen, int]:
-    from lanmt_cli.bench import parse_spec
+    from lanmt_cli.registry import parse_spec
 
     name, options = parse_spec(spec)
     cmd = [sys.executable, "-m", "lanmt_cli.app", "serve", "--model", str(args.model),
