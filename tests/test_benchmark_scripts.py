@@ -15,6 +15,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "tests" / "data" / "multi30k"
 
+pytestmark = pytest.mark.slow  # each starts processes that load models (about 15 s)
+
 
 @pytest.fixture
 def test_set(tmp_path) -> Path:
