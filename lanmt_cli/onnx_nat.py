@@ -457,13 +457,13 @@ class OnnxLaNMT:
 
     def best_tokens(self, source: Source, z: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
         """Argmax tokens (B, Ly) and their log-probabilities (PAD and 0 beyond each length),
-        about PROJECT_CHUNK target positions a call, each padded to its own longest: each
-        block of (positions x vocabulary) logits then stays in cache, as in
-        `LaNMT.best_tokens`."""
+        in chunks of about PROJECT_CHUNK target positions (`_chunks`)."""
         parts = []
-        for rows in _chunks(lengths.size(0), int(lengths.max())):
+        for rows, _ in _chunks(lengths):
+            lx = _width(source.valid[rows])
             part, positions = lengths[rows], torch.arange(int(lengths[rows].max()))
-            inputs = (source.states[rows], source.valid[rows], z[rows].float(), part, positions)
+            inputs = (source.states[rows, :lx], source.valid[rows, :lx], z[rows, :lx].float(),
+                      part, positions)  # fmt: skip
             parts.append((part, *self._run("tokens", *inputs)))
         decoded = _joined(parts)
         return decoded.tokens, decoded.logps
@@ -471,25 +471,58 @@ class OnnxLaNMT:
     def decode_prior(self, src: Tensor) -> tuple[OnnxSource, Decoded]:
         """One-shot in one call a chunk (`prior_pass`): the encoded source, with its prior,
         and the argmax tokens at the most likely lengths."""
-        outs = [self._run("prior_pass", src[rows]) for rows in _chunks(src.size(0), src.size(1))]
-        embedded, states, mean, std = (torch.cat([o[i] for o in outs]) for i in range(4))
-        source = OnnxSource(embedded, states, src != PAD, Gaussian(mean, std))
+        valid = src != PAD
+        chunks = _chunks(valid.sum(1))
+        if len(chunks) == 1:  # one call on the whole batch (batch 1 among others)
+            embedded, states, mean, std, *decoded = self._run("prior_pass", src)
+            return OnnxSource(embedded, states, valid, Gaussian(mean, std)), Decoded(*decoded)
+        outs = [self._run("prior_pass", src[rows, :width]) for rows, width in chunks]
+        rows = [r for r, _ in chunks]
+        embedded, states, mean, std = (_padded([o[i] for o in outs], rows, src.size(1))
+                                       for i in range(4))  # fmt: skip
+        source = OnnxSource(embedded, states, valid, Gaussian(mean, std))
         return source, _joined([o[4:] for o in outs])
 
     def decode_posterior(self, source: Source, tgt: Tensor) -> Decoded:
         """A refinement step in one call a chunk (`posterior_pass`)."""
-        return _joined([
-            self._run("posterior_pass", source.embedded[rows], source.states[rows],
-                      source.valid[rows], tgt[rows])
-            for rows in _chunks(tgt.size(0), tgt.size(1))
-        ])  # fmt: skip
+        outs = []
+        for rows, width in _chunks((tgt != PAD).sum(1)):
+            lx = _width(source.valid[rows])
+            outs.append(self._run("posterior_pass", source.embedded[rows, :lx],
+                                  source.states[rows, :lx], source.valid[rows, :lx],
+                                  tgt[rows, :width]))  # fmt: skip
+        return _joined(outs)
 
 
-def _chunks(batch: int, length: int) -> list[slice]:
-    """Slices of about PROJECT_CHUNK target positions of a batch whose rows are `length`
-    long: each block of (positions x vocabulary) logits then stays in cache."""
-    rows = max(1, PROJECT_CHUNK // max(1, length))
-    return [slice(a, a + rows) for a in range(0, batch, rows)]
+def _chunks(lengths: Tensor) -> list[tuple[slice, int]]:
+    """Consecutive rows in chunks of about PROJECT_CHUNK positions (rows x the chunk's
+    longest of `lengths` (B,)), each with that width: each block of (positions x vocabulary)
+    logits then stays in cache, and a chunk of short sentences is not padded to the batch's
+    longest."""
+    chunks, start, width = [], 0, 0
+    for i, n in enumerate(lengths.tolist()):
+        wider = max(width, n, 1)
+        if i > start and (i - start + 1) * wider > PROJECT_CHUNK:
+            chunks.append((slice(start, i), width))
+            start, wider = i, max(n, 1)
+        width = wider
+    if lengths.numel():
+        chunks.append((slice(start, lengths.numel()), width))
+    return chunks
+
+
+def _width(valid: Tensor) -> int:
+    """The longest source of a chunk (B, Lx) bool: its columns beyond are all padding."""
+    return max(1, int(valid.sum(1).max()))
+
+
+def _padded(parts: list[Tensor], rows: list[slice], length: int) -> Tensor:
+    """Chunks (b, lx_i, ...) of consecutive rows, zero-padded to one (B, length, ...)."""
+    first = parts[0]
+    out = first.new_zeros((rows[-1].stop, length, *first.shape[2:]))
+    for part, r in zip(parts, rows, strict=True):
+        out[r, : part.size(1)] = part
+    return out
 
 
 def _joined(parts: list) -> Decoded:
