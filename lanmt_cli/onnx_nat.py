@@ -473,9 +473,6 @@ class OnnxLaNMT:
         and the argmax tokens at the most likely lengths."""
         valid = src != PAD
         chunks = _chunks(valid.sum(1))
-        if len(chunks) == 1:  # one call on the whole batch (batch 1 among others)
-            embedded, states, mean, std, *decoded = self._run("prior_pass", src)
-            return OnnxSource(embedded, states, valid, Gaussian(mean, std)), Decoded(*decoded)
         outs = [self._run("prior_pass", src[rows, :width]) for rows, width in chunks]
         rows = [r for r, _ in chunks]
         embedded, states, mean, std = (_padded([o[i] for o in outs], rows, src.size(1))
