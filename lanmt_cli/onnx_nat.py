@@ -311,18 +311,18 @@ def quantize_int8(source: Path, dest: Path) -> None:
                 helper.make_node("Cast", [n["q"]], [n["i"]], to=onnx.TensorProto.UINT8),
             ]
             quantized[x] = (n["i"], n["xs"])
-        n = {"i": quantized[x][0], "xs": quantized[x][1]}
-        n["f"] = fresh("f")
+        xq, row_scale = quantized[x]
+        product = fresh("f")
         bias = node.input[2] if node.op_type == "Gemm" and len(node.input) > 2 else None
         scaled = out if bias is None else fresh("scaled")
         nodes += [  # the column scales applied as the integer product is written out
             helper.make_node(
                 "MatMulIntegerToFloat",
-                [n["i"], const(wq, "w"), one, const(scale.astype(np.float32), "t"), zero],
-                [n["f"]],
+                [xq, const(wq, "w"), one, const(scale.astype(np.float32), "t"), zero],
+                [product],
                 domain="com.microsoft",
             ),
-            helper.make_node("Mul", [n["f"], n["xs"]], [scaled]),
+            helper.make_node("Mul", [product, row_scale], [scaled]),
         ]
         if bias is not None:
             nodes.append(helper.make_node("Add", [scaled, bias], [out]))

@@ -28,9 +28,9 @@ RUNTIMES = ("auto", "onnx", "torch")
 ALIASES = {"int8_float32": "int8"}
 
 # What `auto` runs on a CPU: ONNX Runtime in float32, the same tokens as PyTorch. Its int8
-# changed 11 and 12 of the shipped model's first 100 one-shot and refine1 outputs at the same
-# BLEU (within 0.04 on test_2016_flickr), and on an AVX2 CPU without VNNI it was faster only at
-# batch size 1 (benchmarks/README.md), so it is asked for by name.
+# changed 113 and 143 of the shipped model's 1,000 one-shot and refine1 outputs on
+# test_2016_flickr at the same BLEU (within 0.01), and on an AVX2 CPU without VNNI it was not
+# reliably faster (benchmarks/README.md), so it is asked for by name.
 AUTO = ("onnx", "float32")
 
 
