@@ -34,6 +34,8 @@ CT2_SYSTEMS = [  # (row label, beam size, compute type)
 LANMT_SYSTEMS = [  # (row label, decoder spec)
     ("lanmt one-shot (default: compute_type=auto)", "one-shot"),
     ("lanmt refine1 (default: compute_type=auto)", "refine1"),
+    ("lanmt one-shot, float32", "one-shot:compute_type=float32"),
+    ("lanmt refine1, float32", "refine1:compute_type=float32"),
     ("lanmt one-shot, int8", "one-shot:compute_type=int8"),
     ("lanmt refine1, int8", "refine1:compute_type=int8"),
     ("lanmt one-shot, PyTorch fp32", "one-shot:runtime=torch,compute_type=float32"),

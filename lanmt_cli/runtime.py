@@ -12,8 +12,8 @@ engine runs them and in what precision is decided here, once, not by the decoder
 
 One precision vocabulary for both engines and the teacher's CTranslate2, in CTranslate2's
 names: `compute_type` is auto, default, float32, int8 (int8_float32 is the same) or bfloat16.
-`auto` is the fastest type that keeps the model's translations (see `AUTO`); `default` is the
-model's own type (float32 on a CPU).
+`auto` is the fastest type that keeps the model's BLEU on this CPU (`auto_compute_type`);
+`default` is the model's own type (float32 on a CPU).
 """
 
 from __future__ import annotations
@@ -27,11 +27,21 @@ COMPUTE_TYPES = ("auto", "default", "float32", "int8", "int8_float32", "bfloat16
 RUNTIMES = ("auto", "onnx", "torch")
 ALIASES = {"int8_float32": "int8"}
 
-# What `auto` runs on a CPU: ONNX Runtime in float32, the same tokens as PyTorch. Its int8
-# changed 113 and 143 of the shipped model's 1,000 one-shot and refine1 outputs on
-# test_2016_flickr at the same BLEU (within 0.01), and on an AVX2 CPU without VNNI it was not
-# reliably faster (benchmarks/README.md), so it is asked for by name.
-AUTO = ("onnx", "float32")
+# What `auto` runs on a CPU: ONNX Runtime in int8 where the CPU has integer vector kernels
+# (AVX2 or AVX-512), else in float32. int8 keeps the shipped model's BLEU (one-shot 30.02
+# against 30.03 on test_2016_flickr, refine1 32.21 against 32.23, each sentence the same in
+# any batch) and was faster than float32 on an AVX2 CPU without VNNI: 0.79x the time at batch 1
+# and 1.24x the sentences/s batched for one-shot, 0.75x and 1.13x for refine1
+# (benchmarks/README.md). float32 gives PyTorch's tokens exactly; ask for it by name.
+AUTO_INT8_CAPABILITIES = ("AVX2", "AVX512")
+
+
+def auto_compute_type() -> str:
+    """The NAT model's compute type for `auto` on this CPU (see AUTO_INT8_CAPABILITIES)."""
+    import torch
+
+    capability = torch.backends.cpu.get_cpu_capability()
+    return "int8" if capability.startswith(AUTO_INT8_CAPABILITIES) else "float32"
 
 
 @dataclass
@@ -77,10 +87,9 @@ def resolve(model, runtime: str = "auto", compute_type: str = "auto") -> tuple[s
     if kind == "default":
         kind = "float32"
     if kind == "auto":
-        engine, kind = AUTO if runtime in ("auto", "onnx") else ("torch", "float32")
-        if engine == "onnx" and not onnx_available():
-            engine = "torch"
-        return engine, kind
+        if runtime in ("auto", "onnx") and onnx_available():
+            return "onnx", auto_compute_type()
+        return "torch", "float32"
     if kind == "bfloat16":
         if runtime == "onnx":
             raise LanmtError("runtime=onnx computes in float32 or int8, not bfloat16")

@@ -19,6 +19,7 @@ from typer.testing import CliRunner
 from lanmt_cli.app import app
 from lanmt_cli.bench import latency_stats, speedup_interval
 from lanmt_cli.registry import parse_spec
+from lanmt_cli.runtime import auto_compute_type
 
 ROOT = Path(__file__).resolve().parent.parent
 DECODERS = ["one-shot", "refine1", "latent-search:samples=4", "teacher-rescore:samples=4"]
@@ -82,11 +83,12 @@ def test_every_decoder_gets_a_row(run):
         "ctranslate2 float32",
         "float32",
     )
-    assert rows[-1]["options"]["runtime"] == "onnx float32 + ctranslate2 float32"  # rescore
+    auto = auto_compute_type()  # int8 on a CPU with AVX2 or AVX-512, else float32
+    assert rows[-1]["options"]["runtime"] == f"onnx {auto} + ctranslate2 float32"  # rescore
     for r in rows[1:-1]:
-        assert r["options"]["compute_type"] == "float32"  # compute_type=auto, resolved
+        assert r["options"]["compute_type"] == auto  # compute_type=auto, resolved
         assert r["options"]["compute_type_requested"] == "auto"
-        assert r["options"]["runtime"] == "onnx float32"
+        assert r["options"]["runtime"] == f"onnx {auto}"
     assert table_row(stdout, "beam")[-1] == "ctranslate2 float32"
     header = table_row(stdout, "decoding")
     assert header[:5] == ["decoding", "BLEU", "BLEU intl lc", "chrF", "repeats"]

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from lanmt_cli.runtime import auto_compute_type
+
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "tests" / "data" / "multi30k"
 
@@ -51,11 +53,12 @@ def test_bench_serve_reports_served_and_offline_figures(tiny_bundle, test_set, t
         "--clients", "1", "4", "--requests", "3", "--repeats", "1", "--json", str(out),
     )  # fmt: skip
     (result,) = json.loads(out.read_text())["results"]
-    assert result["decoder"] == "one-shot" and result["runtime"] == "onnx float32"
+    runtime = f"onnx {auto_compute_type()}"  # compute_type=auto on this CPU
+    assert result["decoder"] == "one-shot" and result["runtime"] == runtime
     assert result["offline_sentences_per_s"] > 0 and result["batch1_p50_ms"] > 0
     runs = result["runs"]
     assert [(r["clients"], r["sentences"], r["failures"]) for r in runs] == [(1, 3, 0), (4, 12, 0)]
-    assert "| one-shot | onnx float32 | 4 |" in done.stdout
+    assert f"| one-shot | {runtime} | 4 |" in done.stdout
 
 
 def test_bench_separate_runs_each_system_in_its_own_process(tiny_bundle, test_set):

@@ -561,11 +561,37 @@ def test_the_onnx_export_is_cached_and_a_damaged_file_is_exported_again(bundle, 
     assert [row[: len(e)] for row, e in zip(tokens.tolist(), expected, strict=True)] == expected
 
 
-def test_compute_type_auto_is_onnx_float32_on_a_cpu(bundle):
+@pytest.mark.parametrize(("capability", "kind"), [("AVX2", "int8"), ("AVX512", "int8"),
+                                                   ("DEFAULT", "float32")])  # fmt: skip
+def test_compute_type_auto_is_onnx_int8_where_the_cpu_has_integer_kernels(
+    bundle, monkeypatch, capability, kind
+):
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
     decoder = Translator(bundle, "refine1").decoder
     assert decoder.options["compute_type"] == "auto"
-    assert (decoder.engine, decoder.compute_type) == ("onnx", "float32")
+    assert (decoder.engine, decoder.compute_type) == ("onnx", kind)
     assert Translator(bundle, "refine1", {"runtime": "torch"}).decoder.compute_type == "float32"
+
+
+def test_int8_graphs_quantize_with_fixed_scales_and_keep_the_latent_in_float32(bundle):
+    import onnx
+
+    from lanmt_cli import onnx_nat
+
+    folder = onnx_nat.model_dir(bundle.model, "int8")
+    for name in ("prior_pass", "posterior_pass"):
+        graph = onnx.load(str(folder / f"{name}.int8.onnx")).graph
+        consts = {t.name: t for t in graph.initializer}
+        ops = [node.op_type for node in graph.node]
+        assert ops.count("MatMulIntegerToFloat") > ops.count("QuantizeLinear") > 0
+        assert "Round" not in ops and "Abs" not in ops  # no scale is computed while decoding
+        for node in graph.node:
+            if node.op_type == "QuantizeLinear":
+                scale = onnx.numpy_helper.to_array(consts[node.input[1]])
+                assert scale.shape == () and 0 < scale < 1  # one calibrated scale per input
+        depths = [consts[n.input[1]].dims[0] for n in graph.node
+                  if n.op_type == "MatMul" and n.input[1] in consts]  # fmt: skip
+        assert bundle.model.config.latent_dim in depths  # z's product stays float32
 
 
 def test_bf16_on_a_cpu_without_it_is_one_clear_error(bundle, monkeypatch):
