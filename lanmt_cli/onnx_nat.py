@@ -57,7 +57,7 @@ from lanmt_cli.errors import LanmtError
 from lanmt_cli.layers import fuse_attention
 from lanmt_cli.model import PROJECT_CHUNK, Decoded, Gaussian, LaNMT, Source
 
-EXPORT_VERSION = 4  # bump when the graphs change: old exports are then rebuilt
+EXPORT_VERSION = 5  # bump when the graphs change: old exports are then rebuilt
 FOLDER = "onnx"
 OPSET = 18
 COMPUTE_TYPES = ("float32", "int8")
@@ -341,14 +341,34 @@ def activation_ranges(path: Path, feeds: list[dict[str, np.ndarray]]) -> dict[st
     return ranges
 
 
+def _bias_adds(graph, consts, products: dict[int, np.ndarray]) -> dict[int, tuple[int, str]]:
+    """Product index -> (index of the Add that adds a constant bias (N,) to its output, the
+    bias' name), where that Add is the output's only use."""
+    uses: dict[str, list[int]] = {}
+    for index, node in enumerate(graph.node):
+        for name in node.input:
+            uses.setdefault(name, []).append(index)
+    found = {}
+    for index, w in products.items():
+        after = uses.get(graph.node[index].output[0], [])
+        if len(after) != 1 or graph.node[after[0]].op_type != "Add":
+            continue
+        add = graph.node[after[0]]
+        other = [n for n in add.input if n != graph.node[index].output[0]]
+        if len(other) == 1 and other[0] in consts and list(consts[other[0]].dims) == [w.shape[1]]:
+            found[index] = (after[0], other[0])
+    return found
+
+
 def quantize_int8(source: Path, dest: Path, ranges: dict[str, float]) -> None:
     """Rewrite the matrix products with a constant weight (K, N), K >= INT8_MIN_DEPTH, as
     integer products.
 
     x (..., K) float -> q = round(x / s) + 128 (uint8, saturated) with the fixed scale
     s = ranges[x] / 127; the weight w -> int8 with column scales t = max|w| / 63. Then
-    MatMulIntegerToFloat(q, w_q, s, t, zero point 128) (+ bias) in float32: ONNX Runtime's
-    contrib op applies both scales as the product is written out.
+    MatMulIntegerToFloat(q, w_q, s, t, zero point 128, bias) in float32: ONNX Runtime's
+    contrib op applies both scales and adds the bias as the product is written out (the
+    exporter's separate Add of a bias is folded in).
     """
     import onnx
     from onnx import helper, numpy_helper
@@ -366,33 +386,35 @@ def quantize_int8(source: Path, dest: Path, ranges: dict[str, float]) -> None:
         return name
 
     zero = const(np.array(128, dtype=np.uint8), "zero")
+    biases = _bias_adds(graph, consts, products)  # product index -> (its Add's index, bias)
+    folded = {add for add, _ in biases.values()}
     quantized: dict[str, tuple[str, str]] = {}  # input -> its uint8 values and its scale
     for index, node in enumerate(graph.node):
+        if index in folded:
+            continue
         if index not in products:
             nodes.append(node)
             continue
         w = products[index]
         scale = np.maximum(np.abs(w).max(0), 1e-12) / INT8_WEIGHT_MAX  # (N,)
         wq = np.clip(np.round(w / scale), -INT8_WEIGHT_MAX, INT8_WEIGHT_MAX).astype(np.int8)
-        x, out = node.input[0], node.output[0]
+        x, out, bias = node.input[0], node.output[0], None
+        if node.op_type == "Gemm" and len(node.input) > 2:
+            bias = node.input[2]
+        elif index in biases:  # the Add of the bias, folded in: it writes the Add's output
+            add, bias = biases[index]
+            out = graph.node[add].output[0]
         if x not in quantized:  # once per input: q, k and v, or every layer's memory, share it
             s = const(np.array(max(ranges[x], 1e-6) / 127.0, dtype=np.float32), "s")
             q = f"q8_x_{next(counter)}"
             nodes.append(helper.make_node("QuantizeLinear", [x, s, zero], [q]))
             quantized[x] = (q, s)
         xq, s = quantized[x]
-        bias = node.input[2] if node.op_type == "Gemm" and len(node.input) > 2 else None
-        product = out if bias is None else f"q8_f_{next(counter)}"
+        t = const(scale.astype(np.float32), "t")
+        inputs = [xq, const(wq, "w"), s, t, zero] + (["", bias] if bias else [])
         nodes.append(
-            helper.make_node(
-                "MatMulIntegerToFloat",
-                [xq, const(wq, "w"), s, const(scale.astype(np.float32), "t"), zero],
-                [product],
-                domain="com.microsoft",
-            )
+            helper.make_node("MatMulIntegerToFloat", inputs, [out], domain="com.microsoft")
         )
-        if bias is not None:
-            nodes.append(helper.make_node("Add", [product, bias], [out]))
     del graph.node[:]
     graph.node.extend(nodes)
     graph.initializer.extend(added)
