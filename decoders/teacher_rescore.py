@@ -1,11 +1,15 @@
 """teacher-rescore: latent search whose candidates the autoregressive teacher chooses between.
 
 The distinct (post-processed) candidates of every sentence are scored with log p_AR(y | x),
-EOS included, by teacher forcing (no search): on CTranslate2's `score_batch` by default, or in
-one batched PyTorch forward pass (`backend=torch`). The highest wins; with `normalize=true`
-the score is per token (EOS counted), as candidates of different lengths (`lengths=N`) need.
-The candidates reported carry the teacher's scores. One `compute_type` sets both models'
-precision (`auto`: the NAT model's fastest, the teacher's own type).
+EOS included, by teacher forcing (no search). `backend` picks the teacher's runtime for it:
+`auto` (the default) is ONNX Runtime where it is installed (`lanmt_cli.onnx_teacher`: one call,
+in the NAT model's thread pool), else CTranslate2's `score_batch`; `onnx`, `ctranslate2` and
+`torch` (one batched PyTorch forward pass per chunk of sentences) ask for one. The highest
+wins; with `normalize=true` the score is per token (EOS counted), as candidates of different
+lengths (`lengths=N`) need. The candidates reported carry the teacher's scores. One
+`compute_type` sets both models' precision (`auto`: the NAT model's fastest, the teacher's
+own type, float32; `int8`: both int8; `bfloat16` scores on CTranslate2, which `auto` then
+picks).
 
 Its defaults are a length beam, not sampling: the prior mean (the first sample always is) at
 each of the 5 most likely lengths, each refined once, ranked per token (`samples=1,lengths=5,
@@ -23,7 +27,14 @@ from torch import Tensor
 
 from lanmt_cli.config import PAD
 from lanmt_cli.decoders.latent_search import Candidates, LatentSearch, chunks, distinct_best_first
-from lanmt_cli.decoding import BACKEND_OPTIONS, Option, check_backend_options, teacher_scores
+from lanmt_cli.decoding import (
+    SCORING_BACKEND_OPTION,
+    SCORING_BACKENDS,
+    Option,
+    check_backend_options,
+    scoring_backend,
+    teacher_scores,
+)
 from lanmt_cli.postprocess import clean_ids
 
 DEFAULTS = {"samples": 1, "lengths": 5}  # latent-search's options, as defaults here
@@ -36,20 +47,22 @@ class TeacherRescore(LatentSearch):
         *(dataclasses.replace(o, default=DEFAULTS.get(o.name, o.default))
           for o in LatentSearch.option_specs),
         Option("normalize", bool, True, "rank by the teacher's score per token (EOS counted)"),
-        BACKEND_OPTIONS[0],  # the teacher's runtime; compute_type is the NAT model's (above)
+        SCORING_BACKEND_OPTION,  # the teacher's runtime; compute_type is the NAT model's (above)
     )  # fmt: skip
     needs_teacher = True
 
     @classmethod
     def check_options(cls, options):
+        """The options checked, `backend=auto` resolved to the runtime that scores."""
         checked = super().check_options(options)
-        check_backend_options({**checked, "compute_type": cls.teacher_compute_type(checked)})
-        return checked
+        kind = cls.teacher_compute_type(checked)
+        check_backend_options({**checked, "compute_type": kind}, SCORING_BACKENDS)
+        return {**checked, "backend": scoring_backend(checked["backend"], kind)}
 
     @staticmethod
     def teacher_compute_type(options) -> str:
-        """The teacher's CTranslate2 type for the decoder's compute_type: the same, except
-        that `auto` (the NAT model's fastest) scores in the teacher's stored type."""
+        """The teacher's compute type (CTranslate2's names) for the decoder's compute_type: the
+        same, except that `auto` (the NAT model's fastest) scores in the teacher's stored type."""
         return "default" if options["compute_type"] == "auto" else options["compute_type"]
 
     def rank(self, src: Tensor, cands: list[Candidates]) -> list[Candidates]:
@@ -71,9 +84,9 @@ class TeacherRescore(LatentSearch):
     ) -> list[float]:
         """log p_AR(ys[j] | src[rows[j]]), EOS included, for every candidate j."""
         o = self.options
-        if o["backend"] == "ctranslate2":
+        if o["backend"] != "torch":  # onnx or ctranslate2: the engine batches as it needs
             compute_type = self.teacher_compute_type(o)
-            return teacher_scores(self.teacher, src, rows, ys, "ctranslate2", compute_type)
+            return teacher_scores(self.teacher, src, rows, ys, o["backend"], compute_type)
         scores: list[float] = []  # PyTorch: sentences in chunks, as they were decoded
         start = 0
         for a, b in chunks(lengths, o["samples"] * o["lengths"], self.max_expanded_tokens):

@@ -428,8 +428,8 @@ def bench(
 
 def runtime_options(tr: Translator) -> dict[str, Any]:
     """The decoder's options plus what it ran on: `runtime`, the engine and precision of each
-    model it ran (e.g. "onnx float32 + ctranslate2 float32"), and the NAT model's actual
-    `compute_type` (`compute_type_requested` where that differs)."""
+    model it ran (e.g. "onnx int8 + onnx float32", "onnx float32 + ctranslate2 float32"), and
+    the NAT model's actual `compute_type` (`compute_type_requested` where that differs)."""
     options = dict(tr.options)
     requested = options.get("compute_type")
     parts = []
@@ -445,6 +445,11 @@ def runtime_options(tr: Translator) -> dict[str, Any]:
         parts.append(f"ctranslate2 {actual}")
         if tr.decoder.runtime is None:
             options["compute_type"] = actual
+    elif options.get("backend") == "onnx":  # teacher-rescore's scoring
+        from lanmt_cli.onnx_teacher import graph_type
+
+        wanted = getattr(tr.decoder_class, "teacher_compute_type", lambda o: o["compute_type"])
+        parts.append(f"onnx {graph_type(wanted(tr.options))}")
     elif options.get("backend") == "torch" or tr.decoder.runtime is None:
         from lanmt_cli.quantize import dtype_name
 

@@ -14,7 +14,8 @@ then argmax tokens from latents z, through `LaNMT.best_tokens`), `decoded_lists`
 token lists and scores of a `Decoded` pass), `pad_tokens`,
 `content_seed`, the LaNMT search steps (`NATDecoder`, the base of a non-autoregressive
 decoder with the `runtime` and `compute_type` options; `length_beam`, `best_of`, `refine`),
-and the teacher's search and scoring on either runtime (`teacher_search`, `teacher_scores`).
+and the teacher's search and scoring on CTranslate2 or PyTorch, its scoring also on ONNX
+Runtime (`teacher_search`, `teacher_scores`).
 A non-autoregressive decoder searches over `self.model`'s step methods (`encode_source`,
 `prior`, `posterior`, `length_logits`, `predict_length`, `best_tokens`, and the whole
 passes `decode_z`, `decode_prior`, `decode_posterior`), which the runtime
@@ -365,21 +366,57 @@ BACKEND_OPTIONS = (
     Option("backend", str, "ctranslate2", "teacher runtime: ctranslate2 or torch"),
     Option("compute_type", str, "default", "CTranslate2 compute type: default, int8, int16, ..."),
 )
+# Scoring alone (`teacher_scores`) may also run on ONNX Runtime (`lanmt_cli.onnx_teacher`),
+# in the NAT model's thread pool; `auto` picks it where it can (`scoring_backend`).
+SCORING_BACKENDS = ("auto", "onnx", "ctranslate2", "torch")
+SCORING_BACKEND_OPTION = Option(
+    "backend",
+    str,
+    "auto",
+    "teacher runtime for scoring: auto (onnx where ONNX Runtime is installed, else "
+    "ctranslate2), onnx, ctranslate2 or torch",
+)
 
 
-def check_backend_options(options: dict[str, Any]) -> None:
-    """backend and compute_type (BACKEND_OPTIONS) of checked options: one clear error."""
+def check_backend_options(options: dict[str, Any], backends: tuple[str, ...] | None = None) -> None:
+    """backend and compute_type (BACKEND_OPTIONS) of checked options: one clear error.
+    backends: those allowed (default: the search's, ctranslate2 and torch)."""
     from lanmt_cli.ct2 import BACKENDS, COMPUTE_TYPES
 
-    if options["backend"] not in BACKENDS:
+    backends = backends or BACKENDS
+    if options["backend"] not in backends:
         raise OptionError(
-            f"option backend takes one of {', '.join(BACKENDS)}, got {options['backend']!r}"
+            f"option backend takes one of {', '.join(backends)}, got {options['backend']!r}"
         )
     if options["compute_type"] not in COMPUTE_TYPES:
         raise OptionError(
             f"option compute_type takes one of {', '.join(COMPUTE_TYPES)}, "
             f"got {options['compute_type']!r}"
         )
+
+
+def scoring_backend(backend: str, compute_type: str) -> str:
+    """The teacher's scoring runtime for `backend` (SCORING_BACKENDS) and its CTranslate2-named
+    `compute_type`: `auto` is onnx where ONNX Runtime is installed and runs that type (float32
+    or int8), else ctranslate2; onnx where it cannot run is one clear error."""
+    from lanmt_cli.onnx_teacher import COMPUTE_TYPES
+    from lanmt_cli.runtime import onnx_available
+
+    if backend not in SCORING_BACKENDS:
+        raise OptionError(
+            f"option backend takes one of {', '.join(SCORING_BACKENDS)}, got {backend!r}"
+        )
+    if backend == "auto":
+        ok = compute_type in COMPUTE_TYPES and onnx_available()
+        return "onnx" if ok else "ctranslate2"
+    if backend == "onnx" and not onnx_available():
+        raise OptionError("backend=onnx needs ONNX Runtime: pip install onnxruntime onnx")
+    if backend == "onnx" and compute_type not in COMPUTE_TYPES:
+        raise OptionError(
+            f"backend=onnx scores the teacher in float32 or int8 (compute_type "
+            f"{', '.join(COMPUTE_TYPES)}), not {compute_type}"
+        )
+    return backend
 
 
 def _sources(src: Tensor) -> list[list[int]]:
@@ -437,8 +474,15 @@ def teacher_scores(
 ) -> list[float]:
     """log p_AR(ys[j] | src[rows[j]]), EOS included, for every candidate j; src (B, Lx).
 
-    By teacher forcing, no search: CTranslate2's `score_batch`, or one batched PyTorch pass.
+    By teacher forcing, no search: on ONNX Runtime (`backend=onnx`; compute_type default or
+    float32, int8 or int8_float32), CTranslate2's `score_batch`, or one batched PyTorch pass;
+    `auto` as `scoring_backend` resolves it.
     """
+    backend = scoring_backend(backend, compute_type)
+    if backend == "onnx":
+        from lanmt_cli import onnx_teacher
+
+        return onnx_teacher.scorer_for(teacher, compute_type).score(src, rows, ys)
     if backend == "ctranslate2":
         from lanmt_cli import ct2
 

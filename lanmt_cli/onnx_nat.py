@@ -265,26 +265,34 @@ def model_dir(model: LaNMT, compute_type: str = "float32") -> Path:
 # --- int8: fixed input scales, per-column weight scales -----------------------------------------
 
 
+def random_ids(rng: np.random.Generator, vocab: int, max_len: int) -> list[np.ndarray]:
+    """CALIBRATION's random sentences, in batches (B, L) of int64 ids NUM_SPECIAL..vocab-1,
+    PAD-padded: lengths drawn first and sorted (capped by max_len), then the ids row by row."""
+    count, batch, shortest, longest = CALIBRATION
+    lengths = np.sort(rng.integers(shortest, min(longest, max_len) + 1, size=count))
+    batches = []
+    for start in range(0, count, batch):
+        rows = lengths[start : start + batch]
+        ids = np.full((len(rows), rows.max()), PAD, dtype=np.int64)  # (B, L)
+        for i, n in enumerate(rows):
+            ids[i, :n] = rng.integers(NUM_SPECIAL, vocab, size=n)
+        batches.append(ids)
+    return batches
+
+
 def calibration_feeds(config, folder: Path) -> list[dict[str, np.ndarray]]:
     """Inputs for every graph from random source ids: the ids, and what the float32 prior pass
     in `folder` makes of them (its embeddings, states, prior mean, lengths and tokens)."""
     import onnxruntime as ort
 
-    count, batch, shortest, longest = CALIBRATION
-    rng = np.random.default_rng(0)
-    longest = min(longest, config.max_len)
-    lengths = np.sort(rng.integers(shortest, longest + 1, size=count))
+    sources = random_ids(np.random.default_rng(0), config.src_vocab, config.max_len)
     session = ort.InferenceSession(
         str(folder / "prior_pass.float32.onnx"),
         session_options(torch.get_num_threads()),
         providers=["CPUExecutionProvider"],
     )
     feeds = []
-    for start in range(0, count, batch):
-        rows = lengths[start : start + batch]
-        src = np.full((len(rows), rows.max()), PAD, dtype=np.int64)  # (B, Lx)
-        for i, n in enumerate(rows):
-            src[i, :n] = rng.integers(NUM_SPECIAL, config.src_vocab, size=n)
+    for src in sources:
         out = dict(zip(NAMES["prior_pass"][1], session.run(None, {"src": src}), strict=True))
         feeds.append({
             "src": src, "embedded": out["embedded"], "states": out["states"],
@@ -546,9 +554,9 @@ class OnnxLaNMT:
 
     def best_tokens(self, source: Source, z: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
         """Argmax tokens (B, Ly) and their log-probabilities (PAD and 0 beyond each length),
-        in chunks of about PROJECT_CHUNK target positions (`_chunks`)."""
+        in chunks of about PROJECT_CHUNK target positions (`row_chunks`)."""
         parts = []
-        for rows, _ in _chunks(lengths):
+        for rows, _ in row_chunks(lengths):
             lx = _width(source.valid[rows])
             part, positions = lengths[rows], torch.arange(int(lengths[rows].max()))
             inputs = (source.states[rows, :lx], source.valid[rows, :lx], z[rows, :lx].float(),
@@ -561,7 +569,7 @@ class OnnxLaNMT:
         """One-shot in one call a chunk (`prior_pass`): the encoded source, with its prior,
         and the argmax tokens at the most likely lengths."""
         valid = src != PAD
-        chunks = _chunks(valid.sum(1))
+        chunks = row_chunks(valid.sum(1))
         outs = [self._run("prior_pass", src[rows, :width]) for rows, width in chunks]
         rows = [r for r, _ in chunks]
         embedded, states, mean, std = (_padded([o[i] for o in outs], rows, src.size(1))
@@ -572,7 +580,7 @@ class OnnxLaNMT:
     def decode_posterior(self, source: Source, tgt: Tensor) -> Decoded:
         """A refinement step in one call a chunk (`posterior_pass`)."""
         outs = []
-        for rows, width in _chunks((tgt != PAD).sum(1)):
+        for rows, width in row_chunks((tgt != PAD).sum(1)):
             lx = _width(source.valid[rows])
             outs.append(self._run("posterior_pass", source.embedded[rows, :lx],
                                   source.states[rows, :lx], source.valid[rows, :lx],
@@ -580,7 +588,7 @@ class OnnxLaNMT:
         return _joined(outs)
 
 
-def _chunks(lengths: Tensor) -> list[tuple[slice, int]]:
+def row_chunks(lengths: Tensor) -> list[tuple[slice, int]]:
     """Consecutive rows in chunks of about PROJECT_CHUNK positions (rows x the chunk's
     longest of `lengths` (B,)), each with that width: each block of (positions x vocabulary)
     logits then stays in cache, and a chunk of short sentences is not padded to the batch's

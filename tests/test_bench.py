@@ -78,13 +78,13 @@ def test_every_decoder_gets_a_row(run):
     assert beam["decoder"] == "beam" and beam["options"]["beam"] == 3
     assert beam["model_kind"] == "transformer"  # the teacher's beam search
     assert rows[3]["options"]["samples"] == 4  # options from the spec reached the decoder
-    # every row says what it ran on: the teacher on CTranslate2, the NAT model on ONNX Runtime
+    # every row says what it ran on: beam on CTranslate2, the NAT model and scoring on ONNX Runtime
     assert (beam["options"]["runtime"], beam["options"]["compute_type"]) == (
         "ctranslate2 float32",
         "float32",
     )
     auto = auto_compute_type()  # int8 on a CPU with AVX2 or AVX-512, else float32
-    assert rows[-1]["options"]["runtime"] == f"onnx {auto} + ctranslate2 float32"  # rescore
+    assert rows[-1]["options"]["runtime"] == f"onnx {auto} + onnx float32"  # rescore: both ORT
     for r in rows[1:-1]:
         assert r["options"]["compute_type"] == auto  # compute_type=auto, resolved
         assert r["options"]["compute_type_requested"] == "auto"

@@ -326,7 +326,7 @@ def test_teacher_rescore_normalized_picks_the_best_per_token_score(bundle, sourc
     src, seeds = encode(bundle, sources[:8])
     cls = registry.resolve("teacher-rescore")[1]
     options = {"samples": 2, "noise": 0.0, "steps": 0, "nbest": 100, "lengths": 4}
-    for backend in ("ctranslate2", "torch"):
+    for backend in ("onnx", "ctranslate2", "torch"):
         outs = cls(bundle.model, teacher, normalize=True, backend=backend, **options).decode(
             src, seeds
         )
