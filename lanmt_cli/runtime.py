@@ -30,8 +30,8 @@ ALIASES = {"int8_float32": "int8"}
 # What `auto` runs on a CPU: ONNX Runtime in int8 where the CPU has integer vector kernels
 # (AVX2 or AVX-512), else in float32. int8 keeps the shipped model's BLEU (one-shot 30.02
 # against 30.03 on test_2016_flickr, refine1 32.21 against 32.23, each sentence the same in
-# any batch) and was faster than float32 on an AVX2 CPU without VNNI: 0.79x the time at batch 1
-# and 1.24x the sentences/s batched for one-shot, 0.75x and 1.13x for refine1
+# any batch) and was faster than float32 on an AVX2 CPU without VNNI: 0.65-0.76x the time at
+# batch 1 and 1.4-1.7x the sentences/s batched for one-shot, 0.67-0.75x and 1.1-1.2x for refine1
 # (benchmarks/README.md). float32 gives PyTorch's tokens exactly; ask for it by name.
 AUTO_INT8_CAPABILITIES = ("AVX2", "AVX512")
 
