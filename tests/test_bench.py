@@ -84,7 +84,7 @@ def test_every_decoder_gets_a_row(run):
         "float32",
     )
     auto = auto_compute_type()  # int8 on a CPU with AVX2 or AVX-512, else float32
-    assert rows[-1]["options"]["runtime"] == f"onnx {auto} + onnx float32"  # rescore: both ORT
+    assert rows[-1]["options"]["runtime"] == f"onnx {auto} + onnx {auto}"  # rescore: both ORT
     for r in rows[1:-1]:
         assert r["options"]["compute_type"] == auto  # compute_type=auto, resolved
         assert r["options"]["compute_type_requested"] == "auto"
