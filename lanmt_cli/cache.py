@@ -4,7 +4,8 @@ check that a kept folder is still what was written.
 A folder is named by the sha256 of the model's weights (`weights_key`), lives in `LANMT_CACHE`
 or the platform's user cache (`cache_dir`), and holds a record, `lanmt.json`, of that key and
 of the sha256 of every file (`write_record`, `intact`): a folder whose files differ from the
-record is made again by its owner (`lanmt_cli.ct2`, `lanmt_cli.onnx_nat`).
+record is made again by its owner (`lanmt_cli.ct2`, `lanmt_cli.onnx_nat`,
+`lanmt_cli.onnx_teacher`; `kept` does it for a folder of the cache).
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 RECORD = "lanmt.json"  # {"key": ..., "files": {name: sha256}, ...} beside the files
@@ -70,3 +73,14 @@ def intact(folder: Path, key: str, names: list[str] | None = None) -> bool:
         return {n: record["files"].get(n) for n in names} == file_sums(folder, names)
     except (OSError, ValueError, KeyError, TypeError):
         return False
+
+
+def kept(kind: str, key: str, files: list[str], make: Callable[[Path], object]) -> Path:
+    """The cache folder of `kind` named by `key`: made by `make(folder)` (atomically) if it is
+    missing, and made again if one of `files` differs from its record (stale or damaged)."""
+    folder = cache_dir(kind) / key[:32]
+    if not intact(folder, key, files):
+        if folder.exists():
+            shutil.rmtree(folder, ignore_errors=True)
+        make(folder)
+    return folder

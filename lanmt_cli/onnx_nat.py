@@ -44,7 +44,6 @@ file is exported again.
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -254,12 +253,7 @@ def model_dir(model: LaNMT, compute_type: str = "float32") -> Path:
     """The exported graphs of `model`: from the cache, exported there once if missing, and
     exported again if a file of `compute_type` is damaged (its checksum differs)."""
     key = weights_key(model)
-    cached = cache.cache_dir(FOLDER) / key[:32]
-    if not cache.intact(cached, key, graph_files(compute_type)):
-        if cached.exists():  # stale or damaged: export it again
-            shutil.rmtree(cached, ignore_errors=True)
-        export(model, cached, key)
-    return cached
+    return cache.kept(FOLDER, key, graph_files(compute_type), lambda d: export(model, d, key))
 
 
 # --- int8: fixed input scales, per-column weight scales -----------------------------------------

@@ -17,7 +17,6 @@ exported again.
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -122,12 +121,7 @@ def model_dir(model: Transformer, kind: str = "float32") -> Path:
     """The exported graphs of `model`: from the cache, exported there once if missing, and
     exported again if the graph of `kind` is damaged (its checksum differs)."""
     key = weights_key(model)
-    cached = cache.cache_dir(FOLDER) / key[:32]
-    if not cache.intact(cached, key, [graph_file(kind)]):
-        if cached.exists():  # stale or damaged: export it again
-            shutil.rmtree(cached, ignore_errors=True)
-        export(model, cached, key)
-    return cached
+    return cache.kept(FOLDER, key, [graph_file(kind)], lambda d: export(model, d, key))
 
 
 def graph_type(compute_type: str) -> str:
