@@ -227,17 +227,8 @@ def export(model: LaNMT, dest: str | Path, key: str | None = None) -> Path:
             for name, graph in GRAPHS.items():
                 inputs, outputs = NAMES[name]
                 path = tmp / f"{name}.float32.onnx"
-                with torch.no_grad():
-                    torch.onnx.export(
-                        graph(plain),
-                        examples[name],
-                        str(path),
-                        dynamo=False,  # the tracing exporter: seconds, where dynamo takes minutes
-                        input_names=inputs,
-                        output_names=outputs,
-                        dynamic_axes={n: AXES[n] for n in inputs + outputs},
-                        opset_version=OPSET,
-                    )
+                axes = {n: AXES[n] for n in inputs + outputs}
+                trace(graph(plain), examples[name], path, inputs, outputs, axes)
             feeds = calibration_feeds(plain.config, tmp)
             for name in GRAPHS:
                 path = tmp / f"{name}.float32.onnx"
@@ -247,6 +238,19 @@ def export(model: LaNMT, dest: str | Path, key: str | None = None) -> Path:
         if not cache.intact(dest, key):
             raise
     return dest
+
+
+def trace(
+    module: nn.Module, example: tuple, path: Path, inputs: list[str], outputs: list[str],
+    axes: dict[str, dict[int, str]],
+) -> None:  # fmt: skip
+    """Export `module` to `path` with the tracing exporter (seconds, where dynamo takes
+    minutes), OPSET, the named inputs and outputs, and their dynamic axes."""
+    with torch.no_grad():
+        torch.onnx.export(
+            module, example, str(path), dynamo=False, input_names=inputs, output_names=outputs,
+            dynamic_axes=axes, opset_version=OPSET,
+        )  # fmt: skip
 
 
 def model_dir(model: LaNMT, compute_type: str = "float32") -> Path:

@@ -93,21 +93,12 @@ def export(model: Transformer, dest: str | Path, key: str | None = None) -> Path
         with atomic_dir(dest, replace=False) as tmp, warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the exporter's notes on traced shapes
             path = tmp / graph_file("float32")
-            with torch.no_grad():
-                torch.onnx.export(
-                    _Score(plain),
-                    example,
-                    str(path),
-                    dynamo=False,  # the tracing exporter: seconds, where dynamo takes minutes
-                    input_names=["src", "tgt"],
-                    output_names=["logp"],
-                    dynamic_axes={
-                        "src": {0: "batch", 1: "src_len"},
-                        "tgt": {0: "batch", 1: "tgt_len"},
-                        "logp": {0: "batch", 1: "scored"},
-                    },
-                    opset_version=onnx_nat.OPSET,
-                )
+            axes = {
+                "src": {0: "batch", 1: "src_len"},
+                "tgt": {0: "batch", 1: "tgt_len"},
+                "logp": {0: "batch", 1: "scored"},
+            }
+            onnx_nat.trace(_Score(plain), example, path, ["src", "tgt"], ["logp"], axes)
             ranges = onnx_nat.activation_ranges(path, calibration_feeds(c))
             onnx_nat.quantize_int8(path, tmp / graph_file("int8"), ranges)
             cache.write_record(tmp, key, exporter=EXPORT_VERSION)
