@@ -12,7 +12,10 @@ test_2016_flickr of Multi30k (en-de). Columns: BLEU (sacreBLEU 13a, cased), mean
 sentence decoded alone (the first --latency sentences, after a warm-up), sentences per
 second translating the set in 4,096-token batches (the better of two runs). CTranslate2's
 batch-1 figure is the faster of 1 thread and --threads (the column says which), its batched
-figure on --threads. Prints a Markdown table; run it on an otherwise idle machine.
+figure the fastest of one batch at a time on --threads and --threads batches at a time on
+one thread each (`inter_threads`) in batches of 4,096, 2,048 or 1,024 tokens (the column
+says which; every setting's figures follow the table). Prints a Markdown table; run it on
+an otherwise idle machine.
 """
 
 from __future__ import annotations
@@ -71,17 +74,39 @@ def run_ct2(args, beam: int, compute_type: str) -> dict:
             translator.translate_batch([s], **options)
         latency[threads] = [timed(lambda s=s, t=translator: t.translate_batch([s], **options))
                             for s in names[: args.latency]]  # fmt: skip
-    # batched on --threads: the translator made last
     threads = min(latency, key=lambda t: sum(latency[t]))
+    # batched: the fastest of one batch at a time on --threads, and --threads batches at a
+    # time on one thread each (inter_threads) in batches of 4,096, 2,048 or 1,024 tokens
+    del translator
+    settings = [(1, args.threads, 4096)]
+    if args.threads > 1:
+        settings += [(args.threads, 1, tokens) for tokens in (4096, 2048, 1024)]
     results = []
-    batched = [
-        timed(lambda: results.__setitem__(slice(None), translator.translate_batch(
-            names, max_batch_size=4096, batch_type="tokens", **options)))
-        for _ in range(2)
-    ]  # fmt: skip
-    hyps = detokenize(tokenizer, [_ids(r.hypotheses[0]) for r in results], True)
-    return {"latency": latency[threads], "latency_threads": threads, "batched": batched,
-            "hyps": hyps}  # fmt: skip
+
+    def batched(translator, tokens: int) -> float:
+        return timed(lambda: results.__setitem__(slice(None), translator.translate_batch(
+            names, max_batch_size=tokens, batch_type="tokens", **options)))  # fmt: skip
+
+    tried, outputs = {}, {}
+    for inter, intra, tokens in settings:
+        translator = ctranslate2.Translator(
+            args.ct2_dir, device="cpu", compute_type=compute_type, inter_threads=inter,
+            intra_threads=intra,
+        )  # fmt: skip
+        translator.translate_batch(names[:64], **options)
+        tried[(inter, intra, tokens)] = [batched(translator, tokens) for _ in range(2)]
+        outputs[(inter, intra, tokens)] = [_ids(r.hypotheses[0]) for r in results]
+        del translator
+    best = min(tried, key=lambda k: min(tried[k]))
+    named = "{} x {} threads, {} tokens".format
+    return {
+        "latency": latency[threads],
+        "latency_threads": threads,
+        "batched": tried[best],
+        "batched_setting": named(*best),
+        "hyps": detokenize(tokenizer, outputs[best], True),
+        "tried": {named(*k): v for k, v in tried.items()},
+    }
 
 
 def run_lanmt(args, spec: str) -> dict:
@@ -164,19 +189,27 @@ def main() -> None:
           f"each system in its own process; model {args.model}")  # fmt: skip
     print()
     print(f"| system | BLEU | batch 1, ms/sentence (mean of {args.latency}) | batch 1 threads "
-          "| batched, sentences/s (best of 2) | CTranslate2 in the process |")  # fmt: skip
-    print("|---|---|---|---|---|---|")
+          "| batched, sentences/s (best of 2) | batched: batches at once x threads each, "
+          "batch size | CTranslate2 in the process |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|")
     for label, r in runs:
         bleu = sacrebleu.corpus_bleu(r["hyps"], [ref]).score
         ms = 1000 * sum(r["latency"]) / len(r["latency"])
         rate = args.sentences / min(r["batched"])
         loaded = "yes" if r.get("ct2_loaded", True) else "no"
         threads = r.get("latency_threads", args.threads)
-        print(f"| {label} | {bleu:.2f} | {ms:.1f} | {threads} | {rate:.1f} | {loaded} |")
+        setting = r.get("batched_setting", f"1 x {args.threads} threads, 4096 tokens")
+        print(f"| {label} | {bleu:.2f} | {ms:.1f} | {threads} | {rate:.1f} | {setting} | "
+              f"{loaded} |")  # fmt: skip
+    for label, r in runs:
+        if "tried" in r:
+            print(f"\n{label}, batched sentences/s (2 runs) per setting: " + "; ".join(
+                f"{k}: {', '.join(f'{args.sentences / t:.0f}' for t in v)}"
+                for k, v in r["tried"].items()))  # fmt: skip
     print()
     print(
-        "CTranslate2's batch-1 rows are its faster of 1 and --threads threads (column 4); "
-        "lanmt runs on --threads throughout."
+        "CTranslate2's batch-1 rows are its faster of 1 and --threads threads (column 4), its "
+        "batched rows its fastest setting (column 6); lanmt runs on --threads throughout."
     )
 
 

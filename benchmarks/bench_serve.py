@@ -147,6 +147,7 @@ def start_server(args, spec: str, log: Path) -> tuple[subprocess.Popen, int]:
     cmd = [sys.executable, "-m", "lanmt_cli.app", "serve", "--model", str(args.model),
            "--decoder", name, "--port", "0", "--threads", str(args.threads),
            "--max-wait-ms", str(args.max_wait_ms), "--batch-tokens", str(args.batch_tokens),
+           "--workers", str(args.workers),
            "--max-queue", str(max(1024, 2 * max(args.clients)))]  # fmt: skip
     for key, value in options.items():
         cmd += ["--opt", f"{key}={value}"]
@@ -205,6 +206,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=30, help="sentences per client")
     parser.add_argument("--max-wait-ms", type=float, default=0.0)
     parser.add_argument("--batch-tokens", type=int, default=4096)
+    parser.add_argument("--workers", type=int, default=1, help="lanmt serve --workers")
     parser.add_argument("--repeats", type=int, default=3, help="offline batched runs")
     parser.add_argument("--json", type=Path, help="also write every figure here")
     args = parser.parse_args()

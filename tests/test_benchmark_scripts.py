@@ -64,7 +64,7 @@ def test_bench_serve_reports_served_and_offline_figures(tiny_bundle, test_set, t
 def test_bench_separate_runs_each_system_in_its_own_process(tiny_bundle, test_set):
     done = run_script(
         "bench_separate.py", "--model", str(tiny_bundle), "--data", str(test_set),
-        "--sentences", "12", "--latency", "3", "--threads", "1",
+        "--sentences", "12", "--latency", "3", "--threads", "2",
         "--only", "one-shot (default", "greedy, int8",
     )  # fmt: skip
     rows = [line for line in done.stdout.splitlines() if line.startswith("| CTranslate2 ")
@@ -73,4 +73,9 @@ def test_bench_separate_runs_each_system_in_its_own_process(tiny_bundle, test_se
         "| CTranslate2 greedy, int8",
         "| lanmt one-shot (default: compute_type=auto)",
     ]
-    assert rows[1].endswith("| no |")  # no CTranslate2 in the NAT decoder's process
+    assert rows[1].endswith("| 1 x 2 threads, 4096 tokens | no |")  # no CTranslate2 there
+    # CTranslate2 batched: its fastest of one batch on 2 threads and 2 batches on 1 each
+    settings = next(line for line in done.stdout.splitlines() if line.startswith("CTranslate2 "))
+    for setting in ["1 x 2 threads, 4096", "2 x 1 threads, 4096", "2 x 1 threads, 1024"]:
+        assert setting in settings
+    assert rows[0].split(" | ")[5] in settings

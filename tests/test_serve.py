@@ -233,6 +233,48 @@ def test_concurrent_single_sentences_are_batched_and_answered_as_alone(server, s
     assert batches < len(sources) and alone < batches  # some batches held several requests
 
 
+def test_with_two_workers_concurrent_sentences_get_what_lanmt_translate_prints(
+    tiny_bundle, tmp_path, sources, reference
+):
+    """--workers 2: two batches decode at once (each on one of --threads 2), and every
+    sentence still gets exactly what `lanmt translate` prints for it."""
+    s = Server(tmp_path, "--model", tiny_bundle, "--workers", "2", "--threads", "2")
+    try:
+        with ThreadPoolExecutor(12) as pool:
+            answers = list(pool.map(lambda line: s.translate(line), sources))
+        assert [a[2]["translatedText"] for a in answers] == reference
+        assert s.metric("lanmt_batch_sentences_sum") >= len(sources)
+    finally:
+        assert s.stop() == 0, s.text()
+
+
+def test_threads_are_shared_out_among_workers():
+    from lanmt_cli.commands.serve import _per_worker
+    from lanmt_cli.tokenizer import default_threads
+
+    assert _per_worker(None, 1) is None and _per_worker(3, 1) == 3  # one worker: as given
+    assert _per_worker(4, 2) == 2 and _per_worker(3, 2) == 1 and _per_worker(1, 4) == 1
+    assert _per_worker(None, 2) == max(1, default_threads() // 2)
+
+
+def test_the_loaded_model_is_out_of_the_collectors_full_scans(tiny_bundle):
+    """After warm-up, what the engine loaded is frozen (gc.freeze): a full collection of
+    it stalled every request in flight."""
+    import gc
+
+    from lanmt_cli.serving.engine import Engine, EngineConfig
+
+    gc.unfreeze()
+    try:
+        engine = Engine(EngineConfig(model=str(tiny_bundle)))
+        assert gc.get_freeze_count() == 0
+        engine.warm_up()
+        assert gc.get_freeze_count() > 10_000
+        assert not any(o is engine.bundle.model for o in gc.get_objects())  # frozen
+    finally:
+        gc.unfreeze()
+
+
 def _bucket(server: Server, name: str, le: str) -> float:
     from prometheus_client.parser import text_string_to_metric_families
 

@@ -168,3 +168,53 @@ def test_a_failing_decoder_fails_its_batch_only_and_closing_refuses_new_work():
         return good
 
     assert texts(run(main())) == ["y"]
+
+
+class Overlap(Recorder):
+    """A Recorder that also counts how many batches it decodes at the same time."""
+
+    def __init__(self, seconds: float):
+        super().__init__(seconds)
+        self.now = self.most = 0
+        self.lock = threading.Lock()
+
+    def __call__(self, key, lines):
+        with self.lock:
+            self.now += 1
+            self.most = max(self.most, self.now)
+        try:
+            return super().__call__(key, lines)
+        finally:
+            with self.lock:
+                self.now -= 1
+
+
+def test_two_workers_decode_two_batches_at_once_and_closing_waits_for_both():
+    rec = Overlap(0.2)
+
+    async def main():
+        b = Batcher(rec, max_tokens=1, max_wait=0.0, workers=2)
+        asked = [asyncio.ensure_future(b.submit("k", [c], [1])) for c in "abcdef"]
+        await asyncio.sleep(0.05)
+        assert b.decoding == 2  # two batches of one sentence in flight at once
+        await b.close()  # takes no more, finishes the queue and both workers' batches
+        return [texts(await a) for a in asked]
+
+    start = time.perf_counter()
+    assert run(main()) == [[c.upper()] for c in "abcdef"]
+    assert rec.most == 2 and len(rec.threads) == 2
+    assert sorted(line for _, lines in rec.batches for line in lines) == list("abcdef")
+    assert time.perf_counter() - start < 0.2 * 6  # not one batch after another
+
+
+def test_with_one_worker_batches_never_overlap():
+    rec = Overlap(0.02)
+
+    async def main():
+        b = Batcher(rec, max_tokens=1, max_wait=0.0)
+        done = await asyncio.gather(*(b.submit("k", [c], [1]) for c in "abcd"))
+        await b.close()
+        return done
+
+    assert [texts(d) for d in run(main())] == [["A"], ["B"], ["C"], ["D"]]
+    assert rec.most == 1

@@ -37,6 +37,16 @@ def _loopback(host: str) -> bool:
         return False
 
 
+def _per_worker(threads: int | None, workers: int) -> int | None:
+    """CPU threads of each decoding thread: --threads (default: the CPUs this process may
+    use) shared out among --workers."""
+    from lanmt_cli.tokenizer import default_threads
+
+    if workers == 1:
+        return threads
+    return max(1, (threads or default_threads()) // workers)
+
+
 def serve(
     model: ModelOption = None,
     decoder: Annotated[
@@ -87,6 +97,14 @@ def serve(
         ),
     ] = 0.0,
     batch_tokens: BatchTokensOption = 4096,
+    workers: Annotated[
+        int,
+        typer.Option(
+            "--workers",
+            min=1,
+            help="Batches decoded at once, each on --threads / N CPU threads.",
+        ),
+    ] = 1,
     max_queue: Annotated[
         int,
         typer.Option(
@@ -150,13 +168,14 @@ def serve(
         options=parse_options(opt),
         teacher=teacher,
         device=device.value,
-        threads=threads,
+        threads=_per_worker(threads, workers),
         batch_tokens=batch_tokens,
         seed=seed,
     )
     server_config = ServerConfig(
         max_wait_ms=max_wait_ms,
         batch_tokens=batch_tokens,
+        workers=workers,
         max_queue=max_queue,
         max_chars=max_chars,
         max_sentences=max_sentences,

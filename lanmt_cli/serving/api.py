@@ -72,6 +72,7 @@ class ServerConfig:
 
     max_wait_ms: float = 0.0  # longest a request waits for others to share its batch
     batch_tokens: int = 4096  # source tokens a batch gathers from the queue
+    workers: int = 1  # batches decoded at once, each on its own threads
     max_queue: int = 1024  # sentences waiting at most; beyond: 503 with Retry-After
     max_chars: int = 5000  # characters per request; beyond: 413
     max_sentences: int = 128  # sentences (lines) per request; beyond: 400
@@ -259,6 +260,7 @@ class Service:
             max_tokens=config.batch_tokens,
             max_wait=config.max_wait_ms / 1000,
             max_queue=config.max_queue,
+            workers=config.workers,
         )
         self.metrics = Metrics(lambda: self.batcher.queued, lambda: self.in_flight)
         self.batcher.on_batch = self.metrics.batch

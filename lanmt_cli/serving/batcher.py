@@ -1,14 +1,16 @@
 """Dynamic batching: sentences of concurrent requests decoded together, in one call.
 
-Requests wait in one queue. When the decoding thread is free, the batcher takes the
+Requests wait in one queue. When a decoding thread is free, the batcher takes the
 decoder of the oldest request and fills a batch with the sentences of the requests that
 name the same decoder, in arrival order, up to `max_tokens` source tokens. It waits for
 more only while the batch is under budget and its oldest request has waited less than
-`max_wait` seconds; requests that arrived while the previous batch was decoding go at once.
+`max_wait` seconds; requests that arrived while every decoding thread was busy go at once.
 A request larger than what is left of the budget gives part of its sentences and goes to
 the back of the queue, and requests not yet started come first in a batch, so a large
-request delays the others by one batch, not by all of its own work. Decoding runs on one
-worker thread, off the event loop; each request gets its sentences' results back in order.
+request delays the others by one batch, not by all of its own work. Decoding runs on
+`workers` threads (default 1), off the event loop; with more than one, a free worker takes
+the next batch while others decode theirs, each on its share of the CPU threads. Each
+request gets its sentences' results back in order.
 """
 
 from __future__ import annotations
@@ -78,7 +80,8 @@ class BatchStats:
 
 class Batcher:
     """Queue, coalesce and decode. `run(key, lines)` returns one result per line and runs on
-    the batcher's single worker thread; `on_batch` is told about each batch."""
+    one of the batcher's `workers` threads (concurrently, with more than one); `on_batch` is
+    told about each batch."""
 
     def __init__(
         self,
@@ -87,22 +90,26 @@ class Batcher:
         max_tokens: int = 4096,
         max_wait: float = 0.0,
         max_queue: int = 1024,
+        workers: int = 1,
         on_batch: Callable[[BatchStats], None] | None = None,
     ):
         self.run = run
         self.max_tokens = max(1, max_tokens)
         self.max_wait = max(0.0, max_wait)
         self.max_queue = max(1, max_queue)
+        self.workers = max(1, workers)
         self.on_batch = on_batch
         self.queued = 0  # sentences waiting for a batch
         self.queued_tokens = 0
-        self.decoding = 0  # sentences in the batch being decoded
+        self.decoding = 0  # sentences in the batches being decoded
         self._pending: deque[_Job] = deque()
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix="lanmt-decode")
+        self._executor = ThreadPoolExecutor(self.workers, thread_name_prefix="lanmt-decode")
         self._arrived: asyncio.Event | None = None
+        self._free: asyncio.Semaphore | None = None  # decoding threads not busy
+        self._batches: set[asyncio.Task] = set()
         self._task: asyncio.Task | None = None
         self._closing = False
-        self._tokens_per_second = 0.0  # recent decoding speed, for Retry-After
+        self._tokens_per_second = 0.0  # recent decoding speed of one worker
 
     # -- requests ---------------------------------------------------------------------------
     async def submit(self, key: Hashable, lines: list[str], tokens: list[int]) -> list[Done]:
@@ -135,7 +142,8 @@ class Batcher:
         """Seconds until the queue has likely drained (1 to 60)."""
         if self._tokens_per_second <= 0:
             return 1
-        return min(60, max(1, math.ceil(self.queued_tokens / self._tokens_per_second)))
+        rate = self._tokens_per_second * self.workers
+        return min(60, max(1, math.ceil(self.queued_tokens / rate)))
 
     def _drop(self, job: _Job) -> None:
         """Forget what is left of a request whose caller went away."""
@@ -149,21 +157,41 @@ class Batcher:
     def _start(self, loop: asyncio.AbstractEventLoop) -> None:
         if self._task is None:
             self._arrived = asyncio.Event()
+            self._free = asyncio.Semaphore(self.workers)
             self._task = loop.create_task(self._loop(), name="lanmt-batcher")
 
     async def _loop(self) -> None:
         while True:
+            await self._free.acquire()
             key = await self._next_key()
-            if key is None:  # closing, and nothing left
+            if key is None:  # closing, and nothing left: let the batches in flight finish
+                self._free.release()
+                if self._batches:
+                    await asyncio.wait(self._batches)
                 return
             try:
-                await self._decode(self._take(key))
-            except Exception:  # a fault of the batcher itself: fail what waits, go on
-                log.exception("batching failed")
-                for job in list(self._pending):
-                    self._drop(job)
-                    if not job.future.done():
-                        job.future.set_exception(RuntimeError("batching failed"))
+                batch = self._take(key)
+            except Exception as err:
+                self._free.release()
+                self._failed(err)
+                continue
+            task = asyncio.create_task(self._decode(batch))
+            self._batches.add(task)
+            task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task) -> None:
+        self._batches.discard(task)
+        self._free.release()
+        if not task.cancelled() and task.exception() is not None:
+            self._failed(task.exception())
+
+    def _failed(self, err: BaseException) -> None:
+        """A fault of the batcher itself: fail what waits, go on."""
+        log.error("batching failed", exc_info=err)
+        for job in list(self._pending):
+            self._drop(job)
+            if not job.future.done():
+                job.future.set_exception(RuntimeError("batching failed"))
 
     async def _next_key(self) -> Hashable | None:
         """The decoder of the next batch, once it is full or its oldest request has waited
@@ -223,7 +251,7 @@ class Batcher:
         lines = [job.lines[i] for job, i in batch]
         tokens = sum(job.tokens[i] for job, i in batch)
         jobs = list(dict.fromkeys(job for job, _ in batch))
-        self.decoding = len(batch)
+        self.decoding += len(batch)
         start = time.perf_counter()
         try:
             results = await loop.run_in_executor(self._executor, self.run, key, lines)
@@ -234,7 +262,7 @@ class Batcher:
                     job.future.set_exception(err)
             return
         finally:
-            self.decoding = 0
+            self.decoding -= len(batch)
         seconds = time.perf_counter() - start
         if seconds > 0:
             rate = tokens / seconds
@@ -252,7 +280,7 @@ class Batcher:
 
     # -- shutting down ----------------------------------------------------------------------
     async def close(self) -> None:
-        """Take no new requests, finish the queued ones, stop the worker thread."""
+        """Take no new requests, finish the queued ones, stop the worker threads."""
         self._closing = True
         if self._task is not None:
             self._arrived.set()

@@ -54,8 +54,9 @@ def _checked(config: EngineConfig) -> EngineConfig:
     return replace(config, model=str(path), teacher=teacher)
 
 
-def _cpus_per_replica(config: EngineConfig) -> int:
-    return config.threads or 1
+def _cpus_per_replica(config: EngineConfig, server: ServerConfig) -> int:
+    """Each replica's CPUs: its decoding threads' CPU threads (`--threads`, default 1)."""
+    return (config.threads or 1) * server.workers
 
 
 def serve_replicas(
@@ -76,7 +77,7 @@ def serve_replicas(
     logging.getLogger("ray.serve").setLevel(logging.WARNING)
 
     engine_config = _checked(engine_config)
-    cpus = _cpus_per_replica(engine_config)
+    cpus = _cpus_per_replica(engine_config, server_config)
     with ray_cluster(address):
         have = ray.cluster_resources().get("CPU", 0)
         if have < replicas * cpus:
