@@ -562,6 +562,26 @@ def test_the_onnx_export_is_cached_and_a_damaged_file_is_exported_again(bundle, 
     assert [row[: len(e)] for row, e in zip(tokens.tolist(), expected, strict=True)] == expected
 
 
+def test_onnx_sessions_share_the_process_thread_pool_and_memory_arena(bundle, sources):
+    """Every session of both runtimes (the NAT model's graphs, the teacher's scorer) takes
+    the process' one thread pool and one arena, and refine1 through them still gives
+    PyTorch's tokens."""
+    from lanmt_cli import onnx_nat
+
+    tr = Translator(bundle, "refine1", {"compute_type": "float32"})
+    assert tr.decode_batch(tr.encode(sources[:4]))  # both passes' sessions made
+    onnx = tr.decoder.runtime.model
+    sessions = [s for s, _ in onnx.sessions.values()]
+    assert len(sessions) >= 2
+    for options in [onnx.options, onnx_nat.session_options(1)]:
+        assert options.get_session_config_entry("session.use_env_allocators") == "1"
+        assert not options.use_per_session_threads
+    torch_tr = Translator(bundle, "refine1", {"runtime": "torch", "compute_type": "float32"})
+    ids = tr.encode(sources)
+    assert [o.tokens for o in tr.decode_batch(ids)] == [o.tokens for o in
+                                                        torch_tr.decode_batch(ids)]  # fmt: skip
+
+
 @pytest.mark.parametrize(("capability", "kind"), [("AVX2", "int8"), ("AVX512", "int8"),
                                                    ("DEFAULT", "float32")])  # fmt: skip
 def test_compute_type_auto_is_onnx_int8_where_the_cpu_has_integer_kernels(
