@@ -1,6 +1,7 @@
 """CTranslate2 and lanmt's NAT decoders, each measured in a process of its own.
 
     python benchmarks/bench_separate.py [--threads 2] [--sentences 1000] [--latency 150]
+        [--rounds 3] [--only LABEL ...]
 
 PyTorch and CTranslate2 loaded in one process share one OpenMP runtime, and their thread
 teams count together: with two threads each on two cores, both run their parallel regions
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -164,6 +166,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     test_set_options(parser, sentences=1000, latency=150)
     parser.add_argument("--only", nargs="*", help="run only the rows whose label has one of these")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="run every system this many times, rounds in rotating order, "
+                             "and report medians and ranges")  # fmt: skip
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--ct2-dir", help=argparse.SUPPRESS)
     parser.add_argument("--max-len", type=int, default=256, help=argparse.SUPPRESS)
@@ -180,32 +185,48 @@ def main() -> None:
     def wanted(label: str) -> bool:
         return not args.only or any(part in label for part in args.only)
 
-    runs = [(label, spawn(args, f"ct2:{beam},{ct}", ["--ct2-dir", teacher["ct2_dir"],
-                                                      "--max-len", str(teacher["max_len"])]))
-            for label, beam, ct in CT2_SYSTEMS if wanted(label)]  # fmt: skip
-    runs += [(label, spawn(args, f"lanmt:{spec}"))
-             for label, spec in LANMT_SYSTEMS if wanted(label)]  # fmt: skip
+    systems = [(label, f"ct2:{beam},{ct}", ["--ct2-dir", teacher["ct2_dir"],
+                                            "--max-len", str(teacher["max_len"])])
+               for label, beam, ct in CT2_SYSTEMS if wanted(label)]  # fmt: skip
+    systems += [(label, f"lanmt:{spec}", []) for label, spec in LANMT_SYSTEMS if wanted(label)]
+    rounds: dict[str, list[dict]] = {label: [] for label, _, _ in systems}
+    for r in range(args.rounds):  # every system once a round, each round in another order
+        for label, what, extra in systems[r % len(systems) :] + systems[: r % len(systems)]:
+            rounds[label].append(spawn(args, what, extra))
+    runs = [(label, rounds[label]) for label, _, _ in systems]
     print(f"{args.sentences} sentences of test_2016_flickr (en-de), {args.threads} threads, "
-          f"each system in its own process; model {args.model}")  # fmt: skip
+          f"each system in its own process, {args.rounds} round(s); "
+          f"model {args.model}")  # fmt: skip
     print()
-    print(f"| system | BLEU | batch 1, ms/sentence (mean of {args.latency}) | batch 1 threads "
-          "| batched, sentences/s (best of 2) | batched: batches at once x threads each, "
-          "batch size | CTranslate2 in the process |")  # fmt: skip
+    many = args.rounds > 1
+    of = f"median of {args.rounds} rounds (range)" if many else "one round"
+    print(f"| system | BLEU | batch 1, ms/sentence (mean of {args.latency}; {of}) | batch 1 "
+          f"threads | batched, sentences/s (best of 2; {of}) | batched: batches at once x "
+          "threads each, batch size | CTranslate2 in the process |")  # fmt: skip
     print("|---|---|---|---|---|---|---|")
-    for label, r in runs:
-        bleu = sacrebleu.corpus_bleu(r["hyps"], [ref]).score
-        ms = 1000 * sum(r["latency"]) / len(r["latency"])
-        rate = args.sentences / min(r["batched"])
+
+    def figure(values: list[float]) -> str:
+        middle = statistics.median(values)
+        return f"{middle:.1f} ({min(values):.1f}-{max(values):.1f})" if many else f"{middle:.1f}"
+
+    for label, rs in runs:
+        bleus = {round(sacrebleu.corpus_bleu(r["hyps"], [ref]).score, 2) for r in rs}
+        ms = [1000 * sum(r["latency"]) / len(r["latency"]) for r in rs]
+        rates = [args.sentences / min(r["batched"]) for r in rs]
+        r = rs[0]
         loaded = "yes" if r.get("ct2_loaded", True) else "no"
-        threads = r.get("latency_threads", args.threads)
-        setting = r.get("batched_setting", f"1 x {args.threads} threads, 4096 tokens")
-        print(f"| {label} | {bleu:.2f} | {ms:.1f} | {threads} | {rate:.1f} | {setting} | "
-              f"{loaded} |")  # fmt: skip
-    for label, r in runs:
-        if "tried" in r:
-            print(f"\n{label}, batched sentences/s (2 runs) per setting: " + "; ".join(
-                f"{k}: {', '.join(f'{args.sentences / t:.0f}' for t in v)}"
-                for k, v in r["tried"].items()))  # fmt: skip
+        threads = "/".join(sorted({str(r.get("latency_threads", args.threads)) for r in rs}))
+        settings = sorted({r.get("batched_setting", f"1 x {args.threads} threads, 4096 tokens")
+                           for r in rs})  # fmt: skip
+        bleu = "/".join(f"{b:.2f}" for b in sorted(bleus))  # one figure unless outputs vary
+        print(f"| {label} | {bleu} | {figure(ms)} | {threads} | {figure(rates)} | "
+              f"{'; '.join(settings)} | {loaded} |")  # fmt: skip
+    for label, rs in runs:
+        for i, r in enumerate(rs):
+            if "tried" in r:
+                print(f"\n{label}, round {i + 1}, batched sentences/s (2 runs) per setting: "
+                      + "; ".join(f"{k}: {', '.join(f'{args.sentences / t:.0f}' for t in v)}"
+                                  for k, v in r["tried"].items()))  # fmt: skip
     print()
     print(
         "CTranslate2's batch-1 rows are its faster of 1 and --threads threads (column 4), its "

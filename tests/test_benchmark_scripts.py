@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -64,7 +65,7 @@ def test_bench_serve_reports_served_and_offline_figures(tiny_bundle, test_set, t
 def test_bench_separate_runs_each_system_in_its_own_process(tiny_bundle, test_set):
     done = run_script(
         "bench_separate.py", "--model", str(tiny_bundle), "--data", str(test_set),
-        "--sentences", "12", "--latency", "3", "--threads", "2",
+        "--sentences", "12", "--latency", "3", "--threads", "2", "--rounds", "2",
         "--only", "one-shot (default", "greedy, int8",
     )  # fmt: skip
     rows = [line for line in done.stdout.splitlines() if line.startswith("| CTranslate2 ")
@@ -74,8 +75,18 @@ def test_bench_separate_runs_each_system_in_its_own_process(tiny_bundle, test_se
         "| lanmt one-shot (default: compute_type=auto)",
     ]
     assert rows[1].endswith("| 1 x 2 threads, 4096 tokens | no |")  # no CTranslate2 there
+    # two rounds: medians with their ranges, and one BLEU (the same outputs each round)
+    for row in rows:
+        cells = row.split(" | ")
+        assert re.fullmatch(r"\d+\.\d\d", cells[1])
+        assert re.fullmatch(r"[\d.]+ \([\d.]+-[\d.]+\)", cells[2])
+        assert re.fullmatch(r"[\d.]+ \([\d.]+-[\d.]+\)", cells[4])
     # CTranslate2 batched: its fastest of one batch on 2 threads and 2 batches on 1 each
-    settings = next(line for line in done.stdout.splitlines() if line.startswith("CTranslate2 "))
+    tried = [line for line in done.stdout.splitlines() if line.startswith("CTranslate2 ")]
+    assert [line.split(", batched")[0] for line in tried] == [
+        "CTranslate2 greedy, int8, round 1",
+        "CTranslate2 greedy, int8, round 2",
+    ]
     for setting in ["1 x 2 threads, 4096", "2 x 1 threads, 4096", "2 x 1 threads, 1024"]:
-        assert setting in settings
-    assert rows[0].split(" | ")[5] in settings
+        assert setting in tried[0]
+    assert all(s in " ".join(tried) for s in rows[0].split(" | ")[5].split("; "))
